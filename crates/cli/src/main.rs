@@ -1,0 +1,5 @@
+//! The `toxaudit` command. Thin: it parses arguments and calls the libraries.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

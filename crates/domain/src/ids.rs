@@ -1,0 +1,182 @@
+//! Identifiers of the envelope: the event id (idempotency key), the centre,
+//! and the patient pseudonym. Each is a newtype whose only constructor checks
+//! the contract, so holding one proves it is valid.
+
+use std::fmt;
+
+fn all_chars(text: &str, allowed: impl Fn(char) -> bool) -> bool {
+    text.chars().all(allowed)
+}
+
+/// The client-chosen id of an event: 1–64 chars of `[A-Za-z0-9._:-]`,
+/// unique across the whole log and case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 64 {
+            return Err(format!(
+                "must be 1 to 64 characters, got {}",
+                text.chars().count()
+            ));
+        }
+        if !all_chars(text, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+        }) {
+            return Err("may only contain letters, digits and . _ : -".to_owned());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A centre of the network: 2–32 chars of `[a-z0-9-]`; `all` is reserved for
+/// the network-wide scope.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Centre(String);
+
+impl Centre {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() < 2 || text.len() > 32 {
+            return Err(format!(
+                "must be 2 to 32 characters, got {}",
+                text.chars().count()
+            ));
+        }
+        if !all_chars(text, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+        }) {
+            return Err("may only contain lowercase letters, digits and -".to_owned());
+        }
+        if text == "all" {
+            return Err("'all' is reserved for the network-wide scope".to_owned());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A patient pseudonym: 1–64 chars of `[A-Za-z0-9._-]`, never a real
+/// identifier. A value that looks like a valid NHS number is refused.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pseudonym(String);
+
+impl Pseudonym {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 64 {
+            return Err(format!(
+                "must be 1 to 64 characters, got {}",
+                text.chars().count()
+            ));
+        }
+        if !all_chars(text, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        }) {
+            return Err("may only contain letters, digits and . _ -".to_owned());
+        }
+        if looks_like_nhs_number(text) {
+            return Err(
+                "looks like an NHS number; use a pseudonym, never a real identifier".to_owned(),
+            );
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// True when `text`, with `-` and `.` removed, is ten digits that pass the
+/// NHS-number modulus-11 check (weights 10..2 on the first nine digits; the
+/// check digit is 11 − remainder, 11 becomes 0, and 10 is never valid).
+pub fn looks_like_nhs_number(text: &str) -> bool {
+    let digits: Vec<u32> = text
+        .chars()
+        .filter(|c| *c != '-' && *c != '.')
+        .map(|c| c.to_digit(10))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    if digits.len() != 10 {
+        return false;
+    }
+    let weighted: u32 = digits[..9]
+        .iter()
+        .zip((2..=10).rev())
+        .map(|(digit, weight)| digit * weight)
+        .sum();
+    let check = match 11 - (weighted % 11) {
+        11 => 0,
+        10 => return false,
+        other => other,
+    };
+    check == digits[9]
+}
+
+/// A patient's identity: the pair (centre, pseudonym). The same pseudonym in
+/// two centres is two different patients.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PatientKey {
+    pub centre: Centre,
+    pub patient: Pseudonym,
+}
+
+impl PatientKey {
+    pub fn new(centre: Centre, patient: Pseudonym) -> Self {
+        Self { centre, patient }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($name:ident),*) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+display_as_str!(EventId, Centre, Pseudonym);
+
+impl fmt::Display for PatientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.centre, self.patient)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhs_numbers_are_recognised() {
+        // 943 476 5919 is the NHS's published example of a valid number.
+        assert!(looks_like_nhs_number("9434765919"));
+        assert!(looks_like_nhs_number("943-476-5919"));
+        assert!(looks_like_nhs_number("943.476.5919"));
+        assert!(!looks_like_nhs_number("9434765918"));
+        assert!(!looks_like_nhs_number("943476591"));
+        assert!(Pseudonym::parse("943-476-5919").is_err());
+        assert!(Pseudonym::parse("L-0001").is_ok());
+    }
+
+    #[test]
+    fn centre_all_is_reserved() {
+        assert!(Centre::parse("all").is_err());
+        assert!(Centre::parse("salford-royal").is_ok());
+        assert!(Centre::parse("Leeds").is_err());
+        assert!(Centre::parse("l").is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Helpers shared by tests: real servers on random ports, never fixed ones,
+//! and fixtures. Used only as a dev-dependency.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! End-to-end tests: the toxaudit binary and its services as real processes.

@@ -1,0 +1,1 @@
+//! Cross-process end-to-end tests live in `e2e/`; this library is empty.
