@@ -7,10 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod date;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod ndjson;
+pub mod raw;
 
 pub use date::ClinicalDate;
 pub use error::{FieldError, Refusal};

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod convert;
+
 /// Generated code for package `toxaudit.v1`.
 #[allow(clippy::all, missing_debug_implementations)]
 pub mod v1 {
