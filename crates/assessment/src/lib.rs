@@ -1,0 +1,3 @@
+//! toxaudit's assessment service (work in progress).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! toxaudit's ingest service (work in progress).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,196 @@
+//! The bus of derived events (`toxaudit.v1.PatientAssessed`): the assessment
+//! service publishes, anyone may follow. Two transports behind one type:
+//!
+//! - in process (`toxaudit up` without NATS): a tokio broadcast channel; a
+//!   follower sees what is published after it subscribed;
+//! - NATS JetStream: stream `<PREFIX>_DERIVED` (upper-cased prefix), subjects
+//!   `<prefix>.derived.patient_assessed.<centre>.<patient token>`, each message
+//!   with `Nats-Msg-Id` = the event's id (`<centre>/<patient>@<source
+//!   position>`), so a publisher that restarts and publishes the same
+//!   assessment again is deduplicated by the server (within the stream's
+//!   duplicate window, set to one day). A follower reads the stream from its
+//!   start with an ordered consumer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
+use prost::Message;
+use proto::v1::PatientAssessed;
+use tokio::sync::broadcast;
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// NATS cannot be reached or refused the operation: retry later.
+    #[error("derived event bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The id of a derived event: the patient and the log position whose event
+/// produced it. A replay of the same log produces the same ids.
+pub fn derived_event_id(event: &PatientAssessed) -> String {
+    format!(
+        "{}/{}@{}",
+        event.centre, event.patient, event.source_position
+    )
+}
+
+/// A NATS subject token for a patient pseudonym: `.` would split the token,
+/// so it is written `~2E` (and `~` itself `~7E`); other allowed characters
+/// (`[A-Za-z0-9_-]`) pass unchanged.
+pub fn patient_subject_token(patient: &str) -> String {
+    patient.replace('~', "~7E").replace('.', "~2E")
+}
+
+/// Where derived events go.
+#[derive(Debug, Clone)]
+pub enum DerivedBus {
+    InProcess(broadcast::Sender<PatientAssessed>),
+    Nats(Box<NatsBus>),
+}
+
+/// The JetStream side of [`DerivedBus`].
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    jetstream: jetstream::Context,
+    prefix: String,
+    stream_name: String,
+}
+
+/// How many derived events an in-process follower may lag before it is told
+/// it missed some.
+const IN_PROCESS_CAPACITY: usize = 65_536;
+
+impl DerivedBus {
+    pub fn in_process() -> Self {
+        let (sender, _) = broadcast::channel(IN_PROCESS_CAPACITY);
+        DerivedBus::InProcess(sender)
+    }
+
+    /// Connects to JetStream and makes sure the derived stream exists.
+    pub async fn nats(client: async_nats::Client, prefix: &str) -> Result<Self, BusError> {
+        let jetstream = jetstream::new(client);
+        let stream_name = format!("{}_DERIVED", prefix.to_uppercase().replace(['.', '-'], "_"));
+        jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: stream_name.clone(),
+                subjects: vec![format!("{prefix}.derived.>")],
+                duplicate_window: Duration::from_secs(24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| {
+                BusError::Unavailable(format!("cannot create stream {stream_name}: {error}"))
+            })?;
+        Ok(DerivedBus::Nats(Box::new(NatsBus {
+            jetstream,
+            prefix: prefix.to_owned(),
+            stream_name,
+        })))
+    }
+
+    /// Publishes one derived event; on NATS it returns once the server stored
+    /// it (or recognised it as a duplicate).
+    pub async fn publish(&self, event: PatientAssessed) -> Result<(), BusError> {
+        match self {
+            DerivedBus::InProcess(sender) => {
+                // No follower is not an error: nobody needs the event now.
+                let _ = sender.send(event);
+                Ok(())
+            }
+            DerivedBus::Nats(nats) => {
+                let NatsBus {
+                    jetstream, prefix, ..
+                } = nats.as_ref();
+                let subject = format!(
+                    "{prefix}.derived.patient_assessed.{}.{}",
+                    event.centre,
+                    patient_subject_token(&event.patient)
+                );
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(Bytes::from(event.encode_to_vec()))
+                    .message_id(derived_event_id(&event));
+                jetstream
+                    .send_publish(subject, message)
+                    .await
+                    .map_err(|error| BusError::Unavailable(error.to_string()))?
+                    .await
+                    .map_err(|error| BusError::Unavailable(error.to_string()))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Follows the derived events: in process from now on, on NATS from the
+    /// start of the stream.
+    pub async fn follow(
+        &self,
+    ) -> Result<BoxStream<'static, Result<PatientAssessed, BusError>>, BusError> {
+        match self {
+            DerivedBus::InProcess(sender) => {
+                let receiver = sender.subscribe();
+                Ok(tokio_stream::wrappers::BroadcastStream::new(receiver)
+                    .map(|item| item.map_err(|error| BusError::Unavailable(error.to_string())))
+                    .boxed())
+            }
+            DerivedBus::Nats(nats) => {
+                let NatsBus {
+                    jetstream,
+                    stream_name,
+                    ..
+                } = nats.as_ref();
+                let stream = jetstream.get_stream(stream_name).await.map_err(|error| {
+                    BusError::Unavailable(format!("cannot open stream {stream_name}: {error}"))
+                })?;
+                let consumer = stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        deliver_policy: DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|error| BusError::Unavailable(error.to_string()))?;
+                let messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|error| BusError::Unavailable(error.to_string()))?;
+                Ok(messages
+                    .map(|item| {
+                        let message =
+                            item.map_err(|error| BusError::Unavailable(error.to_string()))?;
+                        PatientAssessed::decode(message.payload.as_ref()).map_err(|error| {
+                            BusError::Unavailable(format!("undecodable derived event: {error}"))
+                        })
+                    })
+                    .boxed())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_tokens_never_contain_dots() {
+        assert_eq!(patient_subject_token("L-0001"), "L-0001");
+        assert_eq!(patient_subject_token("a.b~c"), "a~2Eb~7Ec");
+    }
+
+    #[tokio::test]
+    async fn in_process_followers_see_what_is_published() {
+        let bus = DerivedBus::in_process();
+        let mut follower = bus.follow().await.unwrap();
+        let event = PatientAssessed {
+            centre: "leeds".into(),
+            patient: "L-1".into(),
+            source_position: 7,
+            ..Default::default()
+        };
+        bus.publish(event.clone()).await.unwrap();
+        assert_eq!(follower.next().await.unwrap().unwrap(), event);
+        assert_eq!(derived_event_id(&event), "leeds/L-1@7");
+    }
+}
