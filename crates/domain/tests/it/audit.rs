@@ -2,9 +2,7 @@
 //! each written as given events / when / then report (or patient view).
 
 use domain::{
-    audit::{
-        AuditReport, Cohort, RULE_SET, RuleParameters, SnrGroup, Standard, assess_patient,
-    },
+    audit::{AuditReport, Cohort, RULE_SET, RuleParameters, SnrGroup, Standard, assess_patient},
     event::{Guidance, Product, Rating, ReferralTarget, ResistanceResult},
 };
 
@@ -148,12 +146,22 @@ fn a_backdated_cycle_falls_in_clinical_order() {
 
     log.cycle(PATIENT, "2015-04-06", ONA, 200, Rating::Good);
     let view = log.patient(PATIENT);
-    let dates: Vec<String> = view.cycles.iter().map(|c| c.occurred_on.to_string()).collect();
+    let dates: Vec<String> = view
+        .cycles
+        .iter()
+        .map(|c| c.occurred_on.to_string())
+        .collect();
     assert_eq!(dates, ["2015-01-05", "2015-04-06", "2015-07-06"]);
     assert_eq!(view.snr.unwrap().onset_on, date("2015-07-06"));
     // INT-1 pairs follow clinical order too: two pairs of 91 days.
     let all = log.all();
-    assert_eq!((all.standards.int_1.numerator, all.standards.int_1.denominator), (2, 2));
+    assert_eq!(
+        (
+            all.standards.int_1.numerator,
+            all.standards.int_1.denominator
+        ),
+        (2, 2)
+    );
 }
 
 #[test]
@@ -199,7 +207,13 @@ fn a_voided_injection_takes_its_assessments_with_it() {
     let all = log.all();
     assert_eq!(all.snr.n, 0);
     assert_eq!(all.injections, 2);
-    assert_eq!((all.standards.int_1.numerator, all.standards.int_1.denominator), (1, 1));
+    assert_eq!(
+        (
+            all.standards.int_1.numerator,
+            all.standards.int_1.denominator
+        ),
+        (1, 1)
+    );
     assert_eq!(log.patient(PATIENT).cycles.len(), 2);
 }
 
@@ -214,7 +228,10 @@ fn voided_tests_and_referrals_are_ignored() {
     log.void(PATIENT, C5, &test);
     log.void(PATIENT, C5, &referral);
     let group = log.all().snr.no_response;
-    assert_eq!((group.assessed_for_resistance, group.resistance_confirmed), (0, 0));
+    assert_eq!(
+        (group.assessed_for_resistance, group.resistance_confirmed),
+        (0, 0)
+    );
     assert_eq!(group.referred_dbs, 0);
 }
 
@@ -229,17 +246,35 @@ fn regained_after(next: Session) -> domain::audit::GroupReport {
 
 fn regained_with_adjustment(next: Session) -> bool {
     let group = regained_after(next);
-    assert_eq!(group.regained_with_adjustment + group.regained_without_adjustment, 1);
+    assert_eq!(
+        group.regained_with_adjustment + group.regained_without_adjustment,
+        1
+    );
     group.regained_with_adjustment == 1
 }
 
 #[test]
 fn a_dose_change_of_exactly_the_threshold_counts_and_less_does_not() {
-    assert!(regained_with_adjustment(Session::of(ONA, 220)), "+10% counts");
-    assert!(!regained_with_adjustment(Session::of(ONA, 218)), "+9% does not");
-    assert!(regained_with_adjustment(Session::of(ONA, 180)), "-10% counts");
-    assert!(!regained_with_adjustment(Session::of(ONA, 182)), "-9% does not");
-    assert!(!regained_with_adjustment(Session::of(ONA, 200)), "the same dose");
+    assert!(
+        regained_with_adjustment(Session::of(ONA, 220)),
+        "+10% counts"
+    );
+    assert!(
+        !regained_with_adjustment(Session::of(ONA, 218)),
+        "+9% does not"
+    );
+    assert!(
+        regained_with_adjustment(Session::of(ONA, 180)),
+        "-10% counts"
+    );
+    assert!(
+        !regained_with_adjustment(Session::of(ONA, 182)),
+        "-9% does not"
+    );
+    assert!(
+        !regained_with_adjustment(Session::of(ONA, 200)),
+        "the same dose"
+    );
 }
 
 #[test]
@@ -251,9 +286,15 @@ fn a_dose_change_counts_for_the_same_product_only() {
 
 #[test]
 fn muscles_or_guidance_changes_are_adjustments_whatever_the_product() {
-    assert!(regained_with_adjustment(Session::of(ONA, 200).guided(Guidance::Ultrasound)));
-    assert!(regained_with_adjustment(Session::of(ABO, 500).guided(Guidance::None)));
-    assert!(regained_with_adjustment(Session::of(ONA, 180).plus_trapezius(20)));
+    assert!(regained_with_adjustment(
+        Session::of(ONA, 200).guided(Guidance::Ultrasound)
+    ));
+    assert!(regained_with_adjustment(
+        Session::of(ABO, 500).guided(Guidance::None)
+    ));
+    assert!(regained_with_adjustment(
+        Session::of(ONA, 180).plus_trapezius(20)
+    ));
 }
 
 #[test]
@@ -313,7 +354,13 @@ fn regained_with_adjustment_needs_the_adjustment_at_or_before_the_regaining_cycl
     log.cycle(PATIENT, C4, ONA, 200, Rating::Good);
     log.cycle(PATIENT, C5, ONA, 300, Rating::Good);
     let group = log.all().snr.suboptimal;
-    assert_eq!((group.regained_with_adjustment, group.regained_without_adjustment), (0, 1));
+    assert_eq!(
+        (
+            group.regained_with_adjustment,
+            group.regained_without_adjustment
+        ),
+        (0, 1)
+    );
     assert_eq!(group.not_regained, 0);
 }
 
@@ -333,7 +380,10 @@ fn a_bont_b_cycle_before_any_good_bont_a_cycle_means_not_regained() {
     log.cycle(PATIENT, C5, ONA, 300, Rating::Good);
     let group = log.all().snr.suboptimal;
     assert_eq!(group.not_regained, 1);
-    assert_eq!(group.regained_with_adjustment + group.regained_without_adjustment, 0);
+    assert_eq!(
+        group.regained_with_adjustment + group.regained_without_adjustment,
+        0
+    );
     assert_eq!(group.switched_to_bont_b, 1);
     assert_eq!(group.not_regained_switched_to_bont_b, 1);
 
@@ -343,7 +393,13 @@ fn a_bont_b_cycle_before_any_good_bont_a_cycle_means_not_regained() {
     log.cycle(PATIENT, C5, RIMA, 5000, Rating::Good);
     let group = log.all().snr.suboptimal;
     assert_eq!(group.regained_with_adjustment, 1);
-    assert_eq!((group.switched_to_bont_b, group.not_regained_switched_to_bont_b), (1, 0));
+    assert_eq!(
+        (
+            group.switched_to_bont_b,
+            group.not_regained_switched_to_bont_b
+        ),
+        (1, 0)
+    );
 }
 
 // ---- Post-onset events -----------------------------------------------------
@@ -361,8 +417,14 @@ fn post_onset_events_go_by_date_on_or_after_the_onset() {
     log.test_resistance(PATIENT, C3, ResistanceResult::Negative);
     log.refer(PATIENT, C3, ReferralTarget::Dbs);
     let group = log.all().snr.no_response;
-    assert_eq!((group.assessed_for_resistance, group.resistance_confirmed), (1, 0));
-    assert_eq!((group.referred_dbs, group.not_regained_referred_dbs), (1, 1));
+    assert_eq!(
+        (group.assessed_for_resistance, group.resistance_confirmed),
+        (1, 0)
+    );
+    assert_eq!(
+        (group.referred_dbs, group.not_regained_referred_dbs),
+        (1, 1)
+    );
 
     // A referral to physiotherapy is not a DBS referral.
     let mut log = with_onset(Rating::None);
@@ -375,10 +437,16 @@ fn confirmed_resistance_counts_a_positive_test_only() {
     let mut log = with_onset(Rating::None);
     log.test_resistance(PATIENT, C4, ResistanceResult::Equivocal);
     let group = log.all().snr.no_response;
-    assert_eq!((group.assessed_for_resistance, group.resistance_confirmed), (1, 0));
+    assert_eq!(
+        (group.assessed_for_resistance, group.resistance_confirmed),
+        (1, 0)
+    );
     log.test_resistance(PATIENT, C5, ResistanceResult::Positive);
     let group = log.all().snr.no_response;
-    assert_eq!((group.assessed_for_resistance, group.resistance_confirmed), (1, 1));
+    assert_eq!(
+        (group.assessed_for_resistance, group.resistance_confirmed),
+        (1, 1)
+    );
     let snr = log.patient(PATIENT).snr.unwrap();
     assert_eq!(snr.assessed_for_resistance_on, Some(date(C4)));
     assert_eq!(snr.resistance_confirmed_on, Some(date(C5)));
@@ -404,9 +472,18 @@ fn bnn_1_needs_an_adjusted_cycle_strictly_before_the_first_escalation() {
     // the adjustment is not strictly before it.
     log.refer(PATIENT, C4, ReferralTarget::Dbs);
     assert_eq!(ratio(&log.report(), Standard::Bnn1), (0, 1));
-    let finding = log.patient(PATIENT).standards_failed().next().cloned().unwrap();
+    let finding = log
+        .patient(PATIENT)
+        .standards_failed()
+        .next()
+        .cloned()
+        .unwrap();
     assert_eq!(finding.standard, Standard::Bnn1);
-    assert!(finding.reason.contains("referred for DBS on 2015-10-05"), "{}", finding.reason);
+    assert!(
+        finding.reason.contains("referred for DBS on 2015-10-05"),
+        "{}",
+        finding.reason
+    );
 
     // Escalation without any adjustment: not met.
     let mut log = with_onset(Rating::Suboptimal);
@@ -454,9 +531,21 @@ fn bnn_3_needs_a_resistance_test_on_or_before_the_first_bont_b_cycle() {
         ratio(&log.report(), Standard::Bnn3)
     };
     assert_eq!(switched_after_test_on(C4), (1, 1));
-    assert_eq!(switched_after_test_on(C5), (1, 1), "on the same date counts");
-    assert_eq!(switched_after_test_on("2016-01-05"), (0, 1), "a day after does not");
-    assert_eq!(switched_after_test_on("2015-07-05"), (0, 1), "before onset is not post-onset");
+    assert_eq!(
+        switched_after_test_on(C5),
+        (1, 1),
+        "on the same date counts"
+    );
+    assert_eq!(
+        switched_after_test_on("2016-01-05"),
+        (0, 1),
+        "a day after does not"
+    );
+    assert_eq!(
+        switched_after_test_on("2015-07-05"),
+        (0, 1),
+        "before onset is not post-onset"
+    );
 
     let mut not_switched = with_onset(Rating::None);
     not_switched.test_resistance(PATIENT, C4, ResistanceResult::Positive);
@@ -472,14 +561,57 @@ fn bnn_4_needs_a_change_of_management_on_or_after_confirmed_resistance() {
         ratio(&log.report(), Standard::Bnn4)
     };
     assert_eq!(changed(&|_| {}), (0, 1));
-    assert_eq!(changed(&|log| { log.cycle(PATIENT, C5, RIMA, 5000, Rating::Good); }), (1, 1));
-    assert_eq!(changed(&|log| { log.cycle(PATIENT, C5, ABO, 500, Rating::Good); }), (1, 1));
-    assert_eq!(changed(&|log| { log.cycle(PATIENT, C5, ONA, 300, Rating::Good); }), (0, 1), "same product as O");
-    assert_eq!(changed(&|log| { log.refer(PATIENT, C4, ReferralTarget::Dbs); }), (1, 1), "same date");
-    assert_eq!(changed(&|log| { log.refer(PATIENT, C5, ReferralTarget::PeripheralDenervation); }), (1, 1));
-    assert_eq!(changed(&|log| { log.refer(PATIENT, C5, ReferralTarget::Psychology); }), (0, 1));
-    assert_eq!(changed(&|log| { log.discontinue(PATIENT, C5); }), (1, 1));
-    assert_eq!(changed(&|log| { log.discontinue(PATIENT, "2015-10-04"); }), (0, 1), "a day before");
+    assert_eq!(
+        changed(&|log| {
+            log.cycle(PATIENT, C5, RIMA, 5000, Rating::Good);
+        }),
+        (1, 1)
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.cycle(PATIENT, C5, ABO, 500, Rating::Good);
+        }),
+        (1, 1)
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.cycle(PATIENT, C5, ONA, 300, Rating::Good);
+        }),
+        (0, 1),
+        "same product as O"
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.refer(PATIENT, C4, ReferralTarget::Dbs);
+        }),
+        (1, 1),
+        "same date"
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.refer(PATIENT, C5, ReferralTarget::PeripheralDenervation);
+        }),
+        (1, 1)
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.refer(PATIENT, C5, ReferralTarget::Psychology);
+        }),
+        (0, 1)
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.discontinue(PATIENT, C5);
+        }),
+        (1, 1)
+    );
+    assert_eq!(
+        changed(&|log| {
+            log.discontinue(PATIENT, "2015-10-04");
+        }),
+        (0, 1),
+        "a day before"
+    );
 
     // Without a positive test the patient is not in the denominator.
     let mut log = with_onset(Rating::None);
@@ -500,7 +632,10 @@ fn int_1_counts_every_patients_consecutive_cycles_at_least_84_days_apart() {
 
     let report = log.report();
     assert_eq!(ratio(&report, Standard::Int1), (1, 2));
-    assert_eq!(report.scopes["salford-royal"].standards.int_1.denominator, 0);
+    assert_eq!(
+        report.scopes["salford-royal"].standards.int_1.denominator,
+        0
+    );
 
     let mut parameters = RuleParameters::default();
     parameters.set("min_interval_days", "83").unwrap();
@@ -514,7 +649,13 @@ fn int_1_counts_every_patients_consecutive_cycles_at_least_84_days_apart() {
         .find(|finding| finding.standard == Standard::Int1)
         .unwrap();
     assert_eq!((finding.numerator, finding.denominator), (1, 2));
-    assert!(finding.reason.contains("2015-03-26 to 2015-06-17 (83 days)"), "{}", finding.reason);
+    assert!(
+        finding
+            .reason
+            .contains("2015-03-26 to 2015-06-17 (83 days)"),
+        "{}",
+        finding.reason
+    );
 }
 
 #[test]
@@ -611,8 +752,14 @@ fn the_default_report_has_exactly_the_keys_of_the_rules() {
     ];
     assert_eq!(keys(&scope["snr"]["suboptimal"]), group_keys);
     assert_eq!(keys(&scope["snr"]["no_response"]), group_keys);
-    assert_eq!(keys(&scope["standards"]), ["BNN-1", "BNN-2", "BNN-3", "BNN-4", "INT-1"]);
-    assert_eq!(keys(&scope["standards"]["INT-1"]), ["denominator", "numerator", "target_pct"]);
+    assert_eq!(
+        keys(&scope["standards"]),
+        ["BNN-1", "BNN-2", "BNN-3", "BNN-4", "INT-1"]
+    );
+    assert_eq!(
+        keys(&scope["standards"]["INT-1"]),
+        ["denominator", "numerator", "target_pct"]
+    );
     assert_eq!(scope["snr"]["no_response"]["n"], 1);
     assert_eq!(keys(&json["scopes"]), ["all", "leeds"]);
 
@@ -658,14 +805,26 @@ fn the_patient_view_dates_each_step_and_says_why_standards_fail() {
     assert_eq!(snr.regained_on, None);
     assert_eq!(snr.switched_to_bont_b_on, Some(date(C5)));
     assert_eq!(snr.referred_dbs_on, Some(date(C6)));
-    let failed: Vec<Standard> = view.standards_failed().map(|finding| finding.standard).collect();
+    let failed: Vec<Standard> = view
+        .standards_failed()
+        .map(|finding| finding.standard)
+        .collect();
     assert_eq!(failed, [Standard::Bnn1, Standard::Bnn3]);
     let reasons: Vec<&str> = view.standards.iter().map(|f| f.reason.as_str()).collect();
-    assert_eq!(reasons[0], "switched to BoNT-B on 2016-01-04 with no adjusted cycle after onset");
-    assert_eq!(reasons[1], "switched to BoNT-B on 2016-01-04 with no resistance test");
+    assert_eq!(
+        reasons[0],
+        "switched to BoNT-B on 2016-01-04 with no adjusted cycle after onset"
+    );
+    assert_eq!(
+        reasons[1],
+        "switched to BoNT-B on 2016-01-04 with no resistance test"
+    );
     // The patient's INT-1 share: four pairs, all 91 days apart.
     assert_eq!(view.standards[2].standard, Standard::Int1);
-    assert_eq!((view.standards[2].numerator, view.standards[2].denominator), (4, 4));
+    assert_eq!(
+        (view.standards[2].numerator, view.standards[2].denominator),
+        (4, 4)
+    );
 
     // The pure per-patient function agrees with the cohort.
     let alone = assess_patient(&log.events, &RuleParameters::default()).unwrap();

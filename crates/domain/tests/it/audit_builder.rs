@@ -14,7 +14,6 @@ use domain::{
     ids::{Centre, PatientKey, Pseudonym},
 };
 
-
 /// `centre/patient`, e.g. `leeds/L-1`.
 pub fn key(text: &str) -> PatientKey {
     let (centre, patient) = text.split_once('/').unwrap();

@@ -11,3 +11,6 @@ mod roundtrip;
 mod strategies;
 mod support;
 mod validation;
+mod audit;
+mod audit_builder;
+mod audit_properties;
