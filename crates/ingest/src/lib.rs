@@ -1,3 +1,170 @@
-//! toxaudit's ingest service (work in progress).
+//! toxaudit's ingest service: `toxaudit.v1.Ingest`, the one way events get
+//! into the log over the network. It runs the same validation and admission
+//! as `toxaudit import` (the domain's), appends accepted batches atomically,
+//! and keeps its admission state checkpointed in its data directory.
+//!
+//! The library exposes the service two ways: [`build`] +
+//! [`Application::run_until_stopped`] for a process serving ingest alone
+//! (`toxaudit serve ingest`), and [`Ingest`] (a projection + a tonic service)
+//! for `toxaudit up`, which serves all three services on one port.
 
 #![forbid(unsafe_code)]
+
+mod service;
+mod state;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use eventlog::EventLog;
+use proto::v1::ingest_server::IngestServer;
+use service_kit::{
+    AuthInterceptor, GrpcServer, JwtSecret, Shutdown, TlsFiles,
+    follow::{CHECKPOINT_INTERVAL, Checkpointer, FollowError},
+    server::ServerError,
+};
+use tonic::service::{Routes, interceptor::InterceptedService};
+
+pub use service::IngestService;
+
+/// The gRPC service name, for health checks.
+pub const SERVICE_NAME: &str = "toxaudit.v1.Ingest";
+
+/// Largest request accepted: a bulk batch of some ten thousand events.
+const MAXIMUM_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Errors of starting or running the ingest service.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest checkpoint: {0}")]
+    Checkpoint(#[from] FollowError),
+    #[error("ingest server: {0}")]
+    Server(#[from] ServerError),
+    #[error("ingest cannot fold the log: {0}")]
+    Fold(String),
+}
+
+/// Everything ingest needs to run on its own.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub log: Arc<dyn EventLog>,
+    pub secret: Arc<JwtSecret>,
+    /// `HOST:PORT`; port 0 picks a free one (see [`Application::local_addr`]).
+    pub grpc_address: String,
+    pub tls: Option<TlsFiles>,
+    /// Where the checkpoint of the admission state lives.
+    pub checkpoint_directory: PathBuf,
+    /// Throw the checkpoint away and refold the log from position 1.
+    pub rebuild: bool,
+}
+
+/// The ingest projection and its service, ready to be served.
+#[derive(Debug)]
+pub struct Ingest {
+    service: IngestService,
+    checkpointer: Checkpointer,
+}
+
+impl Ingest {
+    /// Loads the checkpoint (or starts empty). The log is read up to its head
+    /// on the first append.
+    pub async fn prepare(
+        log: Arc<dyn EventLog>,
+        checkpoint_directory: &std::path::Path,
+        rebuild: bool,
+    ) -> Result<Self, IngestError> {
+        let mut failure = None;
+        let (checkpointer, (admitted, failure_seen)) = Checkpointer::open(
+            checkpoint_directory,
+            rebuild,
+            (state::Admitted::default(), None::<String>),
+            move |(admitted, failure), record| {
+                if failure.is_none() {
+                    if let Err(reason) = admitted.fold(&record) {
+                        *failure = Some(format!("position {}: {reason}", record.position));
+                    }
+                }
+            },
+        )
+        .await?;
+        failure = failure.or(failure_seen);
+        if let Some(reason) = failure {
+            return Err(IngestError::Fold(reason));
+        }
+        let state = Arc::new(state::AdmissionState::new(
+            log,
+            checkpointer.clone(),
+            admitted,
+        ));
+        Ok(Self {
+            service: IngestService::new(state),
+            checkpointer,
+        })
+    }
+
+    /// The tonic service, behind the bearer-token check.
+    pub fn grpc_service(
+        &self,
+        secret: Arc<JwtSecret>,
+    ) -> InterceptedService<IngestServer<IngestService>, AuthInterceptor> {
+        InterceptedService::new(
+            IngestServer::new(self.service.clone())
+                .max_decoding_message_size(MAXIMUM_MESSAGE_BYTES)
+                .max_encoding_message_size(MAXIMUM_MESSAGE_BYTES),
+            AuthInterceptor::new(secret),
+        )
+    }
+
+    /// Commits the checkpoint every few seconds until `shutdown`, then once
+    /// more.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), IngestError> {
+        let mut timer = tokio::time::interval(CHECKPOINT_INTERVAL.max(Duration::from_millis(1)));
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = timer.tick() => self.checkpointer.commit().await?,
+            }
+        }
+        self.checkpointer.commit().await?;
+        Ok(())
+    }
+}
+
+/// Ingest serving alone on its own port.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    ingest: Ingest,
+}
+
+/// Prepares the projection and binds the port.
+pub async fn build(config: IngestConfig) -> Result<Application, IngestError> {
+    let ingest = Ingest::prepare(config.log, &config.checkpoint_directory, config.rebuild).await?;
+    let routes = Routes::new(ingest.grpc_service(config.secret));
+    let server = GrpcServer::bind(
+        &config.grpc_address,
+        config.tls.as_ref(),
+        routes,
+        &[SERVICE_NAME],
+    )
+    .await?;
+    Ok(Application { server, ingest })
+}
+
+impl Application {
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then commits the checkpoint.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), IngestError> {
+        let (served, checkpointed) = tokio::join!(
+            self.server.run_until_stopped(shutdown.clone().wait()),
+            self.ingest.run_until_stopped(shutdown),
+        );
+        served?;
+        checkpointed
+    }
+}

@@ -1,0 +1,247 @@
+//! The gRPC face of ingest: `toxaudit.v1.Ingest`. It turns proto events into
+//! domain events through the same validation as an import file, asks the
+//! admission state, and answers with positions and warnings or with every
+//! reason, per event and field.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use domain::{
+    Centre, ClinicalDate, FieldError,
+    admission::{Verdict, WriterScope},
+};
+use futures::StreamExt;
+use prost::Message;
+use proto::v1::{
+    AppendRequest, AppendResponse, EventOutcome, FieldReason, RefusedEvent, RefusedEvents,
+    ingest_server::Ingest,
+};
+use service_kit::{Principal, Role, ServiceError, auth};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::{AdmissionState, AdmitError, Stored};
+
+/// At most this many refused events are described in a status (message and
+/// details travel in HTTP/2 trailers, which have a size limit); the message
+/// says how many more there were.
+const MOST_REFUSALS_REPORTED: usize = 100;
+
+/// At most this many reasons are spelled out in the status message itself.
+const MOST_REASONS_IN_MESSAGE: usize = 20;
+
+/// The `toxaudit.v1.Ingest` implementation.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    state: Arc<AdmissionState>,
+}
+
+impl IngestService {
+    pub(crate) fn new(state: Arc<AdmissionState>) -> Self {
+        Self { state }
+    }
+
+    async fn append_batch(
+        &self,
+        principal: &Principal,
+        events: Vec<proto::v1::Event>,
+        committed_before: u64,
+    ) -> Result<Vec<Stored>, Status> {
+        let writer = writer_scope(principal)?;
+        // A clinician writing another centre is refused as a whole, before
+        // any validation, as PERMISSION_DENIED.
+        if let WriterScope::Centre(own) = &writer {
+            if let Some(foreign) = events.iter().find(|event| event.centre != own.as_str()) {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "a clinician of centre {own} may not write events of centre '{}' (event {})",
+                    foreign.centre, foreign.event_id
+                ))
+                .into_status());
+            }
+        }
+        let today = ClinicalDate::from_date(time::OffsetDateTime::now_utc().date());
+        let parsed = events
+            .into_iter()
+            .map(|message| {
+                let event_id = message.event_id.clone();
+                (event_id, proto::convert::event_from_proto(message, today))
+            })
+            .collect();
+        match self
+            .state
+            .admit_and_append(parsed, &writer, &principal.subject)
+            .await
+        {
+            Ok(stored) => Ok(stored),
+            Err(AdmitError::Service(error)) => Err(error.into_status()),
+            Err(AdmitError::Refused(verdicts)) => Err(refusal_status(&verdicts, committed_before)),
+        }
+    }
+}
+
+fn writer_scope(principal: &Principal) -> Result<WriterScope, Status> {
+    match principal.role {
+        Role::Admin => Ok(WriterScope::AnyCentre),
+        Role::Auditor => Err(ServiceError::PermissionDenied(
+            "an auditor may read but not write".to_owned(),
+        )
+        .into_status()),
+        Role::Clinician => Centre::parse(&principal.centre)
+            .map(WriterScope::Centre)
+            .map_err(|reason| {
+                ServiceError::Unauthenticated(format!("token centre: {reason}")).into_status()
+            }),
+    }
+}
+
+fn reasons_of(reasons: &[FieldError]) -> Vec<FieldReason> {
+    reasons
+        .iter()
+        .map(|reason| FieldReason {
+            field: reason.field.clone(),
+            reason: reason.reason.clone(),
+        })
+        .collect()
+}
+
+/// INVALID_ARGUMENT when any event is refused, else ALREADY_EXISTS (only
+/// conflicts), with every reason in the details and the first ones in the
+/// message.
+fn refusal_status(verdicts: &[crate::state::EventVerdict], committed_before: u64) -> Status {
+    let mut refused = Vec::new();
+    let mut any_refused = false;
+    for (index, admitted) in verdicts.iter().enumerate() {
+        let reasons = match &admitted.verdict {
+            Verdict::Refused(refusal) => {
+                any_refused = true;
+                refusal.reasons.clone()
+            }
+            Verdict::Conflict(reason) => vec![reason.clone()],
+            Verdict::Accepted { .. } | Verdict::Duplicate => continue,
+        };
+        refused.push(RefusedEvent {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            event_id: admitted.event_id.clone(),
+            reasons: reasons_of(&reasons),
+        });
+    }
+    let total_refused = refused.len();
+    let mut message = format!(
+        "{total_refused} of {} events {}, nothing appended",
+        verdicts.len(),
+        if any_refused {
+            "refused"
+        } else {
+            "conflict with stored events"
+        }
+    );
+    let mut reasons_written = 0;
+    'events: for event in &refused {
+        for reason in &event.reasons {
+            if reasons_written == MOST_REASONS_IN_MESSAGE {
+                message.push_str("; …");
+                break 'events;
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(
+                message,
+                "; event {} ({}): {}: {}",
+                event.index, event.event_id, reason.field, reason.reason
+            );
+            reasons_written += 1;
+        }
+    }
+    if total_refused > MOST_REFUSALS_REPORTED {
+        let _ = write!(
+            message,
+            "; details list the first {MOST_REFUSALS_REPORTED} of {total_refused} refused events"
+        );
+        refused.truncate(MOST_REFUSALS_REPORTED);
+    }
+    let details = RefusedEvents {
+        events: refused,
+        committed_events: committed_before,
+    }
+    .encode_to_vec();
+    if any_refused {
+        ServiceError::InvalidArgument {
+            message,
+            details: Some(details),
+        }
+    } else {
+        ServiceError::AlreadyExists {
+            message,
+            details: Some(details),
+        }
+    }
+    .into_status()
+}
+
+fn outcomes_of(stored: Vec<Stored>) -> Vec<EventOutcome> {
+    stored
+        .into_iter()
+        .map(|stored| EventOutcome {
+            event_id: stored.event_id,
+            position: stored.position,
+            duplicate: stored.duplicate,
+            warnings: reasons_of(&stored.warnings),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let events = request.into_inner().events;
+        let count = events.len();
+        let stored = self.append_batch(&principal, events, 0).await?;
+        let head = stored
+            .iter()
+            .map(|stored| stored.position)
+            .max()
+            .unwrap_or(0);
+        tracing::info!(
+            principal = %principal.subject,
+            events = count,
+            head,
+            "batch appended"
+        );
+        Ok(Response::new(AppendResponse {
+            outcomes: outcomes_of(stored),
+            head,
+        }))
+    }
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let mut batches = request.into_inner();
+        let mut outcomes = Vec::new();
+        let mut head = 0;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            let stored = self
+                .append_batch(&principal, batch.events, outcomes.len() as u64)
+                .await?;
+            head = head.max(
+                stored
+                    .iter()
+                    .map(|stored| stored.position)
+                    .max()
+                    .unwrap_or(0),
+            );
+            outcomes.extend(outcomes_of(stored));
+        }
+        tracing::info!(
+            principal = %principal.subject,
+            events = outcomes.len(),
+            head,
+            "stream of batches appended"
+        );
+        Ok(Response::new(AppendResponse { outcomes, head }))
+    }
+}

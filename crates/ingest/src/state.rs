@@ -1,0 +1,272 @@
+//! The ingest service's projection: the admission state of the log (every
+//! event id, registration and live injection; see `domain::admission`),
+//! kept up to date by reading the log after every append, and checkpointed
+//! so a restart does not refold the log from position 1.
+//!
+//! One batch is admitted at a time (a mutex around the state), which is
+//! what makes "checked as if each accepted event had been appended before
+//! the next" hold across concurrent callers; the log's per-stream expected
+//! versions guard against another ingest process writing the same patients.
+
+use std::{collections::HashMap, sync::Arc};
+
+use domain::{
+    Event, FieldError,
+    admission::{Admission, Verdict, WriterScope},
+};
+use eventlog::{AppendBatch, AppendOutcome, EventLog, ExpectedVersion, NewRecord, Record};
+use proto::convert::decode_event;
+use service_kit::{ServiceError, follow::Checkpointer};
+
+/// Records read from the log in one go while catching up.
+const CATCH_UP_CHUNK: usize = 4096;
+
+/// What the admission state knows, and up to where.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    pub(crate) admission: Admission,
+    /// The last log position folded in.
+    pub(crate) position: u64,
+    /// Each stream's last position, for the expected-version check.
+    stream_versions: HashMap<String, u64>,
+    /// The admission holds events of a batch that was then not appended:
+    /// it must be refolded before the next check.
+    stale: bool,
+}
+
+impl Admitted {
+    /// Folds one stored record.
+    pub(crate) fn fold(&mut self, record: &Record) -> Result<(), String> {
+        let event = decode_event(&record.payload).map_err(|error| error.to_string())?;
+        self.admission.apply(&event);
+        self.position = record.position;
+        self.stream_versions
+            .insert(record.stream.clone(), record.position);
+        Ok(())
+    }
+}
+
+/// One event of a batch after admission.
+#[derive(Debug)]
+pub(crate) struct EventVerdict {
+    pub(crate) event_id: String,
+    pub(crate) verdict: Verdict,
+    pub(crate) event: Option<Event>,
+}
+
+/// The outcome of one appended event, for the response.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) event_id: String,
+    pub(crate) position: u64,
+    pub(crate) duplicate: bool,
+    pub(crate) warnings: Vec<FieldError>,
+}
+
+/// The shared admission state and the log it follows.
+#[derive(Debug)]
+pub(crate) struct AdmissionState {
+    log: Arc<dyn EventLog>,
+    checkpointer: Checkpointer,
+    state: tokio::sync::Mutex<Admitted>,
+}
+
+/// The stream of an event in the log: `<centre>.<patient>`.
+pub(crate) fn stream_of(event: &Event) -> String {
+    format!("{}.{}", event.centre, event.patient)
+}
+
+impl AdmissionState {
+    pub(crate) fn new(
+        log: Arc<dyn EventLog>,
+        checkpointer: Checkpointer,
+        admitted: Admitted,
+    ) -> Self {
+        Self {
+            log,
+            checkpointer,
+            state: tokio::sync::Mutex::new(admitted),
+        }
+    }
+
+    /// Brings the state up to the log's head (refolding from scratch first
+    /// when a refused batch left it stale).
+    async fn catch_up(&self, admitted: &mut Admitted) -> Result<(), ServiceError> {
+        if admitted.stale {
+            tracing::warn!(
+                position = admitted.position,
+                "refolding the admission state after a refused batch"
+            );
+            *admitted = Admitted::default();
+        }
+        loop {
+            let records = self
+                .log
+                .read(admitted.position + 1, CATCH_UP_CHUNK)
+                .await
+                .map_err(ServiceError::from)?;
+            if records.is_empty() {
+                return Ok(());
+            }
+            for record in &records {
+                admitted.fold(record).map_err(|reason| {
+                    ServiceError::Internal(format!(
+                        "cannot read back log position {}: {reason}",
+                        record.position
+                    ))
+                })?;
+                // A refold after a refused batch starts from 1 again, but the
+                // checkpoint already holds those records.
+                if record.position > self.checkpointer.position() {
+                    self.checkpointer.add(record);
+                }
+            }
+        }
+    }
+
+    /// Admits a batch: every event checked as if the ones before it were
+    /// appended; all accepted (or duplicates) → appended in one atomic
+    /// batch; otherwise nothing is appended and every refusal comes back.
+    pub(crate) async fn admit_and_append(
+        &self,
+        parsed: Vec<(String, Result<Event, domain::Refusal>)>,
+        writer: &WriterScope,
+        principal: &str,
+    ) -> Result<Vec<Stored>, AdmitError> {
+        let mut admitted = self.state.lock().await;
+        if let Err(error) = self.catch_up(&mut admitted).await {
+            return Err(AdmitError::Service(error));
+        }
+        let mut verdicts = Vec::with_capacity(parsed.len());
+        let mut applied_any = false;
+        let mut failed = false;
+        for (event_id, event) in parsed {
+            let verdict = match &event {
+                Ok(event) => admitted.admission.check_and_apply(event, writer),
+                Err(_) => admitted
+                    .admission
+                    .check_parsed(Some(&event_id), &event, writer),
+            };
+            applied_any |= matches!(verdict, Verdict::Accepted { .. });
+            failed |= !verdict.is_success();
+            verdicts.push(EventVerdict {
+                event_id,
+                verdict,
+                event: event.ok(),
+            });
+        }
+        if failed {
+            admitted.stale |= applied_any;
+            return Err(AdmitError::Refused(verdicts));
+        }
+        let mut records = Vec::with_capacity(verdicts.len());
+        let mut expectations: HashMap<String, ExpectedVersion> = HashMap::new();
+        for judged in &verdicts {
+            let Some(event) = &judged.event else {
+                continue;
+            };
+            let stream = stream_of(event);
+            if matches!(judged.verdict, Verdict::Accepted { .. }) {
+                let version = admitted.stream_versions.get(&stream).copied().unwrap_or(0);
+                expectations
+                    .entry(stream.clone())
+                    .or_insert(if version == 0 {
+                        ExpectedVersion::Empty
+                    } else {
+                        ExpectedVersion::At(version)
+                    });
+            }
+            records.push(NewRecord {
+                key: judged.event_id.clone(),
+                stream,
+                principal: principal.to_owned(),
+                payload: proto::convert::encode_event(event),
+            });
+        }
+        let mut batch = AppendBatch::new(records);
+        batch.expectations = expectations.into_iter().collect();
+        let outcomes = match self.log.append(batch).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                admitted.stale |= applied_any;
+                return Err(AdmitError::Service(ServiceError::from(error)));
+            }
+        };
+        // The admission already holds this batch's new events: read the log
+        // up to its new head, folding only what someone else wrote.
+        let ours: std::collections::HashSet<u64> = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                AppendOutcome::Appended { position } => Some(*position),
+                AppendOutcome::Duplicate { .. } => None,
+            })
+            .collect();
+        if let Err(error) = self.skip_our_own(&mut admitted, &ours).await {
+            admitted.stale = true;
+            return Err(AdmitError::Service(error));
+        }
+        Ok(verdicts
+            .into_iter()
+            .zip(outcomes)
+            .map(|(judged, outcome)| Stored {
+                event_id: judged.event_id,
+                position: outcome.position(),
+                duplicate: matches!(outcome, AppendOutcome::Duplicate { .. }),
+                warnings: match judged.verdict {
+                    Verdict::Accepted { warnings } => warnings,
+                    _ => Vec::new(),
+                },
+            })
+            .collect())
+    }
+
+    /// After an append: reads the log past the state's position, adding
+    /// every record to the checkpoint and folding those not in `ours`.
+    async fn skip_our_own(
+        &self,
+        admitted: &mut Admitted,
+        ours: &std::collections::HashSet<u64>,
+    ) -> Result<(), ServiceError> {
+        let Some(&last_ours) = ours.iter().max() else {
+            return Ok(());
+        };
+        while admitted.position < last_ours {
+            let records = self
+                .log
+                .read(admitted.position + 1, CATCH_UP_CHUNK)
+                .await
+                .map_err(ServiceError::from)?;
+            if records.is_empty() {
+                return Err(ServiceError::Internal(format!(
+                    "appended position {last_ours} cannot be read back"
+                )));
+            }
+            for record in &records {
+                if ours.contains(&record.position) {
+                    admitted.position = record.position;
+                    admitted
+                        .stream_versions
+                        .insert(record.stream.clone(), record.position);
+                } else {
+                    admitted.fold(record).map_err(|reason| {
+                        ServiceError::Internal(format!(
+                            "cannot read back log position {}: {reason}",
+                            record.position
+                        ))
+                    })?;
+                }
+                self.checkpointer.add(record);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a batch was not appended.
+#[derive(Debug)]
+pub(crate) enum AdmitError {
+    /// Some event was refused or conflicts: every event's verdict, in order.
+    Refused(Vec<EventVerdict>),
+    /// Not about the events: the log is unavailable, someone wrote first, a bug.
+    Service(ServiceError),
+}
