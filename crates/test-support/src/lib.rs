@@ -2,3 +2,7 @@
 //! and fixtures. Used only as a dev-dependency.
 
 #![forbid(unsafe_code)]
+
+pub mod nats;
+
+pub use nats::{NatsServer, ServerPorts, free_port, nats_server_binary};
