@@ -207,9 +207,10 @@ fn dose_step(product: Product) -> u32 {
     product_units(product, 1)
 }
 
-/// The most a clinic in the demo gives in one session: a little above the
-/// label maximum at times (accepted with a warning), never near the hard one.
-fn clinic_ceiling(product: Product) -> u32 {
+/// The most a clinic in the demo gives in one session after a poor response:
+/// a little above the label maximum (accepted with a warning), never near
+/// the hard one. Routine sessions stay within the label.
+fn adjustment_ceiling(product: Product) -> u32 {
     product.label_maximum_units() * 6 / 5
 }
 
@@ -243,15 +244,13 @@ pub(crate) fn first_session(
         guidance: posture.usual_guidance(random),
         muscles,
     };
-    cap_total(&mut session);
+    cap_total(&mut session, product.label_maximum_units());
     session
 }
 
-/// Lowers the largest muscles until the session is within the clinic's
-/// ceiling for its product.
-fn cap_total(session: &mut Session) {
+/// Lowers the largest muscles until the session is within `ceiling`.
+fn cap_total(session: &mut Session, ceiling: u32) {
     let step = dose_step(session.product);
-    let ceiling = clinic_ceiling(session.product);
     while session.total_units() > ceiling {
         let Some(largest) = session.muscles.iter_mut().max_by_key(|dose| dose.units) else {
             return;
@@ -263,14 +262,15 @@ fn cap_total(session: &mut Session) {
     }
 }
 
-/// Scales every muscle's dose by `percent` / 100, in the product's steps.
-fn scale(session: &mut Session, percent: u32) {
+/// Scales every muscle's dose by `percent` / 100, to the nearest of the
+/// product's steps, then caps the session at `ceiling`.
+fn scale(session: &mut Session, percent: u32, ceiling: u32) {
     let step = dose_step(session.product);
     for dose in &mut session.muscles {
         let scaled = dose.units * percent / 100;
-        dose.units = (scaled.div_ceil(step) * step).max(step);
+        dose.units = ((scaled + step / 2) / step * step).max(step);
     }
-    cap_total(session);
+    cap_total(session, ceiling);
 }
 
 /// The same session with a small dose change that the audit does not count
@@ -279,10 +279,20 @@ pub(crate) fn routine_repeat(random: &mut SeededRandom, previous: &Session) -> S
     let mut next = previous.clone();
     if random.percent(30) {
         let step = dose_step(next.product);
+        let more = random.percent(50);
         if let Some(dose) = next.muscles.first_mut() {
-            dose.units += step;
+            if more {
+                dose.units += step;
+            } else if dose.units > step {
+                dose.units -= step;
+            }
         }
-        if is_adjusted(previous, &next) {
+        if is_adjusted(previous, &next)
+            || next.total_units()
+                > previous
+                    .total_units()
+                    .max(next.product.label_maximum_units())
+        {
             next = previous.clone();
         }
     }
@@ -293,9 +303,10 @@ pub(crate) fn routine_repeat(random: &mut SeededRandom, previous: &Session) -> S
 /// while a patient is doing well (not audited as an adjustment).
 pub(crate) fn titrated(random: &mut SeededRandom, previous: &Session) -> Session {
     let mut next = previous.clone();
+    let label = next.product.label_maximum_units();
     match random.below(10) {
-        0 => scale(&mut next, 110 + random.between_u32(0, 20)),
-        1 => scale(&mut next, 80 + random.between_u32(0, 12)),
+        0 => scale(&mut next, 110 + random.between_u32(0, 20), label),
+        1 => scale(&mut next, 80 + random.between_u32(0, 12), label),
         _ => return routine_repeat(random, previous),
     }
     next
@@ -305,11 +316,12 @@ pub(crate) fn titrated(random: &mut SeededRandom, previous: &Session) -> Session
 /// guidance. The result is guaranteed to count as an adjusted cycle.
 pub(crate) fn adjusted(random: &mut SeededRandom, previous: &Session) -> Session {
     let mut next = previous.clone();
+    let ceiling = adjustment_ceiling(next.product);
     if random.percent(70) {
-        scale(&mut next, random.between_u32(115, 150));
+        scale(&mut next, random.between_u32(115, 150), ceiling);
     }
     if random.percent(45) {
-        add_muscle(random, &mut next);
+        add_muscle(random, &mut next, ceiling);
     }
     if random.percent(35) {
         next.guidance = match next.guidance {
@@ -319,7 +331,7 @@ pub(crate) fn adjusted(random: &mut SeededRandom, previous: &Session) -> Session
         };
     }
     if !is_adjusted(previous, &next) {
-        add_muscle(random, &mut next);
+        add_muscle(random, &mut next, ceiling);
     }
     if !is_adjusted(previous, &next) {
         // Every (muscle, side) pair can be injected, so a session without
@@ -330,7 +342,7 @@ pub(crate) fn adjusted(random: &mut SeededRandom, previous: &Session) -> Session
     next
 }
 
-fn add_muscle(random: &mut SeededRandom, session: &mut Session) {
+fn add_muscle(random: &mut SeededRandom, session: &mut Session, ceiling: u32) {
     let step = dose_step(session.product);
     let start = random.below(ADDABLE.len() as u64) as usize;
     let side = if random.percent(50) {
@@ -353,7 +365,7 @@ fn add_muscle(random: &mut SeededRandom, session: &mut Session) {
                     side,
                     units: step * random.between_u32(3, 6),
                 });
-                cap_total(session);
+                cap_total(session, ceiling);
                 return;
             }
         }
@@ -383,7 +395,10 @@ pub(crate) fn switched_to_bont_b(random: &mut SeededRandom, previous: &Session) 
     if random.percent(40) && next.guidance == Guidance::None {
         next.guidance = Guidance::Emg;
     }
-    cap_total(&mut next);
+    cap_total(
+        &mut next,
+        Product::RimabotulinumtoxinB.label_maximum_units(),
+    );
     next
 }
 

@@ -57,23 +57,21 @@ pub(crate) fn year_of(days: i32) -> i32 {
     civil(days).0
 }
 
-/// Event ids shaped like UUIDs: 64 bits fixed per file (from the seed, so
-/// files of different seeds can be imported into one log) and 64 bits that
-/// are a bijection of a counter, so no two events of a file ever share one.
+/// Event ids shaped like random (version 4) UUIDs. The low 64 bits are a
+/// bijection of a counter keyed by the seed, so no two events of a file ever
+/// share an id; the high 64 bits are a hash of the low ones, so ids look as
+/// random as a client's would, and files of different seeds can be imported
+/// into one log.
 #[derive(Debug)]
 pub(crate) struct EventIds {
-    high: u64,
     key: u64,
     counter: u64,
 }
 
 impl EventIds {
     pub(crate) fn new(seed: u64, salt: u64) -> Self {
-        let high = mix64(seed ^ mix64(salt));
         Self {
-            // The UUID version nibble says "random".
-            high: (high & !0xF000) | 0x4000,
-            key: mix64(high ^ 0x5EED),
+            key: mix64(seed ^ mix64(salt)),
             counter: 0,
         }
     }
@@ -81,12 +79,14 @@ impl EventIds {
     pub(crate) fn next_id(&mut self) -> String {
         let low = mix64(self.counter ^ self.key);
         self.counter += 1;
+        // The UUID version nibble says "random".
+        let high = (mix64(low ^ self.key.rotate_left(17)) & !0xF000) | 0x4000;
         let mut text = String::with_capacity(36);
-        push_hex(&mut text, self.high >> 32, 8);
+        push_hex(&mut text, high >> 32, 8);
         text.push('-');
-        push_hex(&mut text, self.high >> 16, 4);
+        push_hex(&mut text, high >> 16, 4);
         text.push('-');
-        push_hex(&mut text, self.high, 4);
+        push_hex(&mut text, high, 4);
         text.push('-');
         push_hex(&mut text, low >> 48, 4);
         text.push('-');

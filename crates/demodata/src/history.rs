@@ -121,8 +121,8 @@ impl History {
             item.shift(by);
         }
         let registration_year = crate::emit::year_of(start);
-        let birth_year = registration_year - random.between(20, 75) as i32;
-        let onset_year = (birth_year + random.between(18, 55) as i32).min(registration_year);
+        let birth_year = registration_year - random.between(25, 80) as i32;
+        let onset_year = (birth_year + random.between(20, 60) as i32).min(registration_year);
         self.registration.birth_year = random.percent(95).then_some(birth_year);
         self.registration.sex = if random.percent(93) {
             // Cervical dystonia is about twice as common in women.

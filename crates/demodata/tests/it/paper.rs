@@ -10,7 +10,7 @@ use domain::{
 
 use crate::import::import;
 
-const SEEDS: [u64; 6] = [0, 1, 2, 7, 2019, u64::MAX];
+const SEEDS: [u64; 8] = [0, 1, 2, 7, 99, 2019, 123_456_789, u64::MAX];
 
 fn group(counts: [u64; 10]) -> GroupReport {
     let [
