@@ -12,7 +12,9 @@
 //! from a closed vocabulary, a number, a date or a fixed ASCII text, none of
 //! which needs escaping.
 
-use domain::{Guidance, Muscle, MuscleDose, Product, Rating, Side};
+use domain::{
+    Guidance, Muscle, MuscleDose, Product, Rating, ResistanceMethod, ResistanceResult, Side,
+};
 
 use crate::clinic::{Review, Session};
 use crate::history::{Cycle, History, Item};
@@ -68,6 +70,10 @@ pub(crate) struct EventIds {
     counter: u64,
 }
 
+/// An event id as its 128 bits; written out by [`push_event_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct EventIdValue(u128);
+
 impl EventIds {
     pub(crate) fn new(seed: u64, salt: u64) -> Self {
         Self {
@@ -76,100 +82,114 @@ impl EventIds {
         }
     }
 
-    pub(crate) fn next_id(&mut self) -> String {
+    pub(crate) fn next_id(&mut self) -> EventIdValue {
         let low = mix64(self.counter ^ self.key);
         self.counter += 1;
         // The UUID version nibble says "random".
         let high = (mix64(low ^ self.key.rotate_left(17)) & !0xF000) | 0x4000;
-        let mut text = String::with_capacity(36);
-        push_hex(&mut text, high >> 32, 8);
-        text.push('-');
-        push_hex(&mut text, high >> 16, 4);
-        text.push('-');
-        push_hex(&mut text, high, 4);
-        text.push('-');
-        push_hex(&mut text, low >> 48, 4);
-        text.push('-');
-        push_hex(&mut text, low, 12);
-        text
+        EventIdValue((u128::from(high) << 64) | u128::from(low))
     }
 }
 
-fn push_hex(text: &mut String, value: u64, digits: u32) {
+/// Writes an id in the UUID form `8-4-4-4-12` of lowercase hex digits.
+fn push_event_id(bytes: &mut Vec<u8>, id: EventIdValue) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for index in (0..digits).rev() {
-        text.push(char::from(HEX[((value >> (index * 4)) & 0xF) as usize]));
+    let mut text = [0u8; 36];
+    let mut position = 0;
+    for nibble in (0..32).rev() {
+        if matches!(position, 8 | 13 | 18 | 23) {
+            text[position] = b'-';
+            position += 1;
+        }
+        text[position] = HEX[((id.0 >> (nibble * 4)) & 0xF) as usize];
+        position += 1;
     }
+    bytes.extend_from_slice(&text);
 }
 
-fn push_number(text: &mut String, value: u64) {
+fn push_number(bytes: &mut Vec<u8>, value: u64) {
     let mut digits = [0u8; 20];
-    let mut length = 0;
+    let mut start = digits.len();
     let mut rest = value;
     loop {
-        digits[length] = b'0' + (rest % 10) as u8;
-        length += 1;
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    for &digit in digits[..length].iter().rev() {
-        text.push(char::from(digit));
-    }
+    bytes.extend_from_slice(&digits[start..]);
 }
 
-fn push_two_digits(text: &mut String, value: u32) {
-    text.push(char::from(b'0' + (value / 10 % 10) as u8));
-    text.push(char::from(b'0' + (value % 10) as u8));
-}
-
-fn push_date(text: &mut String, days: i32) {
+fn push_date(bytes: &mut Vec<u8>, days: i32) {
     let (year, month, day) = civil(days);
-    // Clinical years are 1989..=2025: four digits, positive.
-    push_number(text, year.unsigned_abs().into());
-    text.push('-');
-    push_two_digits(text, month);
-    text.push('-');
-    push_two_digits(text, day);
+    // Clinical years are 1989..=2025: four digits, positive; month and day
+    // are below 100.
+    let year = year.unsigned_abs();
+    let two = |value: u32| [b'0' + (value / 10 % 10) as u8, b'0' + (value % 10) as u8];
+    let [y1, y2] = two(year / 100);
+    let [y3, y4] = two(year % 100);
+    let [m1, m2] = two(month);
+    let [d1, d2] = two(day);
+    bytes.extend_from_slice(&[y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2]);
 }
 
-/// Builds one line, envelope first, then body fields in the contract's order.
-struct Line {
-    text: String,
+/// Builds one line at the end of the arena, envelope first, then body
+/// fields in the contract's order.
+struct Line<'arena> {
+    bytes: &'arena mut Vec<u8>,
+    start: usize,
 }
 
-impl Line {
-    fn begin(id: &str, patient: &PatientName<'_>, day: i32, kind: &str) -> Self {
-        let mut text = String::with_capacity(256);
-        text.push_str("{\"event_id\":\"");
-        text.push_str(id);
-        text.push_str("\",\"centre\":\"");
-        text.push_str(patient.centre);
-        text.push_str("\",\"patient\":\"");
-        text.push_str(patient.pseudonym);
-        text.push_str("\",\"occurred_on\":\"");
-        push_date(&mut text, day);
-        text.push_str("\",\"type\":\"");
-        text.push_str(kind);
-        text.push('"');
-        Self { text }
+impl<'arena> Line<'arena> {
+    fn begin(
+        bytes: &'arena mut Vec<u8>,
+        id: EventIdValue,
+        patient: &PatientName<'_>,
+        day: i32,
+        kind: &str,
+    ) -> Self {
+        let start = bytes.len();
+        bytes.extend_from_slice(b"{\"event_id\":\"");
+        push_event_id(bytes, id);
+        bytes.extend_from_slice(b"\",\"centre\":\"");
+        bytes.extend_from_slice(patient.centre.as_bytes());
+        bytes.extend_from_slice(b"\",\"patient\":\"");
+        bytes.extend_from_slice(patient.pseudonym.as_bytes());
+        bytes.extend_from_slice(b"\",\"occurred_on\":\"");
+        push_date(bytes, day);
+        bytes.extend_from_slice(b"\",\"type\":\"");
+        bytes.extend_from_slice(kind.as_bytes());
+        bytes.push(b'"');
+        Self { bytes, start }
+    }
+
+    fn name(&mut self, name: &str) {
+        self.bytes.extend_from_slice(b",\"");
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.extend_from_slice(b"\":");
     }
 
     fn text(mut self, name: &str, value: &str) -> Self {
-        self.text.push_str(",\"");
-        self.text.push_str(name);
-        self.text.push_str("\":\"");
-        self.text.push_str(value);
-        self.text.push('"');
+        self.name(name);
+        self.bytes.push(b'"');
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.bytes.push(b'"');
+        self
+    }
+
+    fn event_id(mut self, name: &str, id: EventIdValue) -> Self {
+        self.name(name);
+        self.bytes.push(b'"');
+        push_event_id(self.bytes, id);
+        self.bytes.push(b'"');
         self
     }
 
     fn number(mut self, name: &str, value: u64) -> Self {
-        self.text.push_str(",\"");
-        self.text.push_str(name);
-        self.text.push_str("\":");
-        push_number(&mut self.text, value);
+        self.name(name);
+        push_number(self.bytes, value);
         self
     }
 
@@ -180,28 +200,50 @@ impl Line {
         }
     }
 
-    fn muscles(mut self, muscles: &[MuscleDose]) -> Self {
-        self.text.push_str(",\"muscles\":[");
-        for (index, dose) in muscles.iter().enumerate() {
-            if index > 0 {
-                self.text.push(',');
-            }
-            self.text.push_str("{\"muscle\":\"");
-            self.text.push_str(dose.muscle.as_str());
-            self.text.push_str("\",\"side\":\"");
-            self.text.push_str(dose.side.as_str());
-            self.text.push_str("\",\"units\":");
-            push_number(&mut self.text, dose.units.into());
-            self.text.push('}');
-        }
-        self.text.push(']');
+    /// A number with one decimal, given in tenths.
+    fn tenths(mut self, name: &str, tenths: u32) -> Self {
+        self.name(name);
+        push_number(self.bytes, u64::from(tenths / 10));
+        self.bytes.push(b'.');
+        push_number(self.bytes, u64::from(tenths % 10));
         self
     }
 
-    fn end(mut self) -> String {
-        self.text.push('}');
-        self.text
+    fn muscles(mut self, muscles: &[MuscleDose]) -> Self {
+        self.name("muscles");
+        self.bytes.push(b'[');
+        for (index, dose) in muscles.iter().enumerate() {
+            if index > 0 {
+                self.bytes.push(b',');
+            }
+            self.bytes.extend_from_slice(b"{\"muscle\":\"");
+            self.bytes
+                .extend_from_slice(dose.muscle.as_str().as_bytes());
+            self.bytes.extend_from_slice(b"\",\"side\":\"");
+            self.bytes.extend_from_slice(dose.side.as_str().as_bytes());
+            self.bytes.extend_from_slice(b"\",\"units\":");
+            push_number(self.bytes, dose.units.into());
+            self.bytes.push(b'}');
+        }
+        self.bytes.push(b']');
+        self
     }
+
+    /// Closes the line and returns where it is in the arena.
+    fn end(self) -> Span {
+        self.bytes.push(b'}');
+        Span {
+            start: self.start,
+            end: self.bytes.len(),
+        }
+    }
+}
+
+/// Where a line is in the arena of lines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 /// How often each kind of data-entry noise happens.
@@ -221,12 +263,13 @@ pub(crate) struct Noise {
 
 /// A line with its place in file order: entry day, then the patient's
 /// number in the file, then the order the patient's lines were typed in.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
     pub(crate) entry_day: i32,
     pub(crate) patient: u32,
     pub(crate) sequence: u32,
-    pub(crate) line: String,
+    /// The line's text in the arena it was written to.
+    pub(crate) line: Span,
 }
 
 impl Entry {
@@ -249,14 +292,21 @@ struct PatientWriter<'context> {
     ids: &'context mut EventIds,
     random: &'context mut SeededRandom,
     noise: Noise,
+    /// Where the lines' text goes.
+    arena: &'context mut Vec<u8>,
+    /// The patient's lines, in the order they were typed in.
     entries: Vec<Entry>,
-    /// Lines that must not be sent twice (voided mistakes; harmless, but a
-    /// duplicate of a voided line would only muddle the demo).
+    /// Typing order; even numbers, so a duplicate (odd) sorts right after
+    /// its original when sent the same day.
     sequence: u32,
 }
 
-impl PatientWriter<'_> {
-    fn push(&mut self, entry_day: i32, line: String) {
+impl<'context> PatientWriter<'context> {
+    fn line(&mut self, id: EventIdValue, day: i32, kind: &str) -> Line<'_> {
+        Line::begin(self.arena, id, &self.name, day, kind)
+    }
+
+    fn push(&mut self, entry_day: i32, line: Span) {
         self.sequence += 2;
         self.entries.push(Entry {
             entry_day,
@@ -269,7 +319,7 @@ impl PatientWriter<'_> {
     fn registration(&mut self, history: &History) {
         let registration = &history.registration;
         let id = self.ids.next_id();
-        let mut line = Line::begin(&id, &self.name, registration.day, "patient_registered");
+        let mut line = self.line(id, registration.day, "patient_registered");
         if let Some(year) = registration.birth_year {
             line = line.number("birth_year", year.unsigned_abs().into());
         }
@@ -279,59 +329,97 @@ impl PatientWriter<'_> {
         if let Some(year) = registration.onset_year {
             line = line.number("onset_year", year.unsigned_abs().into());
         }
-        self.push(registration.day, line.end());
+        let span = line.end();
+        self.push(registration.day, span);
     }
 
-    fn injection_line(&self, id: &str, day: i32, session: &Session) -> String {
-        Line::begin(id, &self.name, day, "injection_administered")
+    fn injection(&mut self, entry_day: i32, day: i32, session: &Session) -> EventIdValue {
+        let id = self.ids.next_id();
+        let span = self
+            .line(id, day, "injection_administered")
             .text("product", session.product.as_str())
             .number("total_units", session.total_units().into())
             .text("guidance", session.guidance.as_str())
             .muscles(&session.muscles)
-            .end()
+            .end();
+        self.push(entry_day, span);
+        id
     }
 
-    fn void(&mut self, entry_day: i32, day: i32, target: &str, reason: &str) {
+    fn review(
+        &mut self,
+        entry_day: i32,
+        day: i32,
+        injection: EventIdValue,
+        review: &Review,
+    ) -> EventIdValue {
         let id = self.ids.next_id();
-        let line = Line::begin(&id, &self.name, day, "event_voided")
-            .text("target_event_id", target)
+        let span = self
+            .line(id, day, "response_assessed")
+            .event_id("injection_event_id", injection)
+            .text("rating", review.rating.as_str())
+            .optional_number("percent_improvement", review.percent_improvement)
+            .optional_number("benefit_weeks", review.benefit_weeks)
+            .optional_number("twstrs_total", review.twstrs_total)
+            .end();
+        self.push(entry_day, span);
+        id
+    }
+
+    fn resistance_test(
+        &mut self,
+        day: i32,
+        method: ResistanceMethod,
+        result: ResistanceResult,
+        titre_tenths: Option<u32>,
+    ) -> EventIdValue {
+        let id = self.ids.next_id();
+        let mut line = self
+            .line(id, day, "resistance_tested")
+            .text("method", method.as_str())
+            .text("result", result.as_str());
+        if let Some(tenths) = titre_tenths {
+            line = line.tenths("titre_mu_per_ml", tenths);
+        }
+        let span = line.end();
+        self.push(day, span);
+        id
+    }
+
+    fn void(&mut self, entry_day: i32, day: i32, target: EventIdValue, reason: &str) {
+        let id = self.ids.next_id();
+        let span = self
+            .line(id, day, "event_voided")
+            .event_id("target_event_id", target)
             .text("reason", reason)
             .end();
-        self.push(entry_day, line);
+        self.push(entry_day, span);
     }
 
     fn cycle(&mut self, cycle: &Cycle, backdated_entry: Option<i32>) {
         let injection_entry = backdated_entry.unwrap_or(cycle.day);
         if self.random.per_mille(self.noise.voided_injection_per_mille) {
             let (mistake, reason) = mistaken(self.random, &cycle.session);
-            let wrong_id = self.ids.next_id();
-            let line = self.injection_line(&wrong_id, cycle.day, &mistake);
-            self.push(injection_entry, line);
-            self.void(injection_entry, cycle.day, &wrong_id, reason);
+            let wrong = self.injection(injection_entry, cycle.day, &mistake);
+            self.void(injection_entry, cycle.day, wrong, reason);
         }
-        let injection_id = self.ids.next_id();
-        let line = self.injection_line(&injection_id, cycle.day, &cycle.session);
-        self.push(injection_entry, line);
+        let injection = self.injection(injection_entry, cycle.day, &cycle.session);
 
         for (index, (day, review)) in cycle.reviews.iter().enumerate() {
             let entry = backdated_entry.unwrap_or(*day);
             let is_last = index + 1 == cycle.reviews.len();
             if is_last && self.random.per_mille(self.noise.voided_review_per_mille) {
-                let wrong = Review {
+                let mistake = Review {
                     rating: match review.rating {
                         Rating::Good => Rating::None,
                         Rating::Suboptimal | Rating::None => Rating::Good,
                     },
                     ..*review
                 };
-                let wrong_id = self.ids.next_id();
-                let line = review_line(&wrong_id, &self.name, *day, &injection_id, &wrong);
-                self.push(entry, line);
-                self.void(entry, *day, &wrong_id, "rating entered in error");
+                let wrong = self.review(entry, *day, injection, &mistake);
+                self.void(entry, *day, wrong, "rating entered in error");
             }
-            let id = self.ids.next_id();
-            let line = review_line(&id, &self.name, *day, &injection_id, review);
-            self.push(entry, line);
+            self.review(entry, *day, injection, review);
         }
     }
 
@@ -344,65 +432,35 @@ impl PatientWriter<'_> {
                 result,
                 titre_tenths,
             } => {
-                let line_for = |id: &str, method: domain::ResistanceMethod, this: &Self| {
-                    let mut line = Line::begin(id, &this.name, *day, "resistance_tested")
-                        .text("method", method.as_str())
-                        .text("result", result.as_str());
-                    if let Some(tenths) = titre_tenths {
-                        line.text.push_str(",\"titre_mu_per_ml\":");
-                        push_number(&mut line.text, u64::from(tenths / 10));
-                        line.text.push('.');
-                        push_number(&mut line.text, u64::from(tenths % 10));
-                    }
-                    line.end()
-                };
                 if self.random.per_mille(self.noise.voided_test_per_mille) {
-                    let wrong_method = if *method == domain::ResistanceMethod::Frontalis {
-                        domain::ResistanceMethod::UnilateralBrow
+                    let wrong_method = if *method == ResistanceMethod::Frontalis {
+                        ResistanceMethod::UnilateralBrow
                     } else {
-                        domain::ResistanceMethod::Frontalis
+                        ResistanceMethod::Frontalis
                     };
-                    let wrong_id = self.ids.next_id();
-                    let line = line_for(&wrong_id, wrong_method, self);
-                    self.push(*day, line);
-                    self.void(*day, *day, &wrong_id, "wrong test method recorded");
+                    let wrong = self.resistance_test(*day, wrong_method, *result, *titre_tenths);
+                    self.void(*day, *day, wrong, "wrong test method recorded");
                 }
-                let id = self.ids.next_id();
-                let line = line_for(&id, *method, self);
-                self.push(*day, line);
+                self.resistance_test(*day, *method, *result, *titre_tenths);
             }
             Item::Referral { day, target } => {
                 let id = self.ids.next_id();
-                let line = Line::begin(&id, &self.name, *day, "referral_made")
+                let span = self
+                    .line(id, *day, "referral_made")
                     .text("target", target.as_str())
                     .end();
-                self.push(*day, line);
+                self.push(*day, span);
             }
             Item::Discontinued { day, reason } => {
                 let id = self.ids.next_id();
-                let line = Line::begin(&id, &self.name, *day, "treatment_discontinued")
+                let span = self
+                    .line(id, *day, "treatment_discontinued")
                     .text("reason", reason)
                     .end();
-                self.push(*day, line);
+                self.push(*day, span);
             }
         }
     }
-}
-
-fn review_line(
-    id: &str,
-    name: &PatientName<'_>,
-    day: i32,
-    injection_id: &str,
-    review: &Review,
-) -> String {
-    Line::begin(id, name, day, "response_assessed")
-        .text("injection_event_id", injection_id)
-        .text("rating", review.rating.as_str())
-        .optional_number("percent_improvement", review.percent_improvement)
-        .optional_number("benefit_weeks", review.benefit_weeks)
-        .optional_number("twstrs_total", review.twstrs_total)
-        .end()
 }
 
 /// A plausible data-entry mistake in a session, and the reason it is voided.
@@ -431,7 +489,7 @@ fn mistaken(random: &mut SeededRandom, session: &Session) -> (Session, &'static 
     }
     if let Some(first) = wrong.muscles.first_mut() {
         // Five dose steps more: below the hard maximum for every product,
-        // since the clinic's ceiling is 120% of the label maximum.
+        // since adjustments stop at 120% of the label maximum.
         let step = match session.product {
             Product::AbobotulinumtoxinA => 10,
             Product::RimabotulinumtoxinB => 250,
@@ -449,14 +507,15 @@ fn mistaken(random: &mut SeededRandom, session: &Session) -> (Session, &'static 
     (wrong, "wrong dose recorded")
 }
 
-/// Writes one patient's lines, in the order they were typed in, into
-/// `out` (appended, each carrying its file-order key).
+/// Writes one patient's lines into `arena` and their places in file order
+/// into `out` (appended; the caller sorts by [`Entry::file_order`]).
 pub(crate) fn emit_patient(
     history: &History,
     name: PatientName<'_>,
     ids: &mut EventIds,
     random: &mut SeededRandom,
     noise: Noise,
+    arena: &mut Vec<u8>,
     out: &mut Vec<Entry>,
 ) {
     let mut writer = PatientWriter {
@@ -464,47 +523,54 @@ pub(crate) fn emit_patient(
         ids,
         random,
         noise,
-        entries: Vec::new(),
+        arena,
+        entries: std::mem::take(out),
         sequence: 0,
     };
+    let first_entry = writer.entries.len();
     writer.registration(history);
 
     // A cycle typed in late: after the next cycle was already entered.
-    let cycle_positions: Vec<usize> = history
+    let mut cycle_positions = history
         .items
         .iter()
         .enumerate()
         .filter(|(_, item)| matches!(item, Item::Cycle(_)))
-        .map(|(position, _)| position)
-        .collect();
+        .map(|(position, _)| position);
+    let cycle_count = cycle_positions.clone().count();
     let mut backdated: Option<(usize, i32)> = None;
-    if cycle_positions.len() >= 2 && writer.random.percent(noise.backdated_cycle_percent) {
-        let which = writer.random.below(cycle_positions.len() as u64 - 1) as usize;
-        let next_day = history.items[cycle_positions[which + 1]].day();
-        let entered = next_day + writer.random.between(1, 40) as i32;
-        backdated = Some((cycle_positions[which], entered));
+    if cycle_count >= 2 && writer.random.percent(noise.backdated_cycle_percent) {
+        let which = writer.random.below(cycle_count as u64 - 1) as usize;
+        if let (Some(late), Some(next)) = (cycle_positions.nth(which), cycle_positions.next()) {
+            let entered = history.items[next].day() + writer.random.between(1, 40) as i32;
+            backdated = Some((late, entered));
+        }
     }
     for (position, item) in history.items.iter().enumerate() {
         let backdated_entry = backdated
-            .filter(|(which, _)| *which == position)
+            .filter(|(late, _)| *late == position)
             .map(|(_, entered)| entered);
         writer.item(item, backdated_entry);
     }
 
     // Exact duplicates: the same line sent again, later.
-    let mut duplicates = Vec::new();
-    for entry in &writer.entries {
+    for index in first_entry..writer.entries.len() {
         if writer.random.per_mille(noise.duplicate_line_per_mille) {
-            duplicates.push(Entry {
-                entry_day: entry.entry_day + writer.random.between(0, 30) as i32,
-                patient: entry.patient,
-                sequence: entry.sequence + 1,
-                line: entry.line.clone(),
+            let original = writer.entries[index];
+            writer.entries.push(Entry {
+                entry_day: original.entry_day + writer.random.between(0, 30) as i32,
+                sequence: original.sequence + 1,
+                ..original
             });
         }
     }
-    writer.entries.extend(duplicates);
-    out.append(&mut writer.entries);
+    *out = writer.entries;
+}
+
+/// The text of a line written by [`emit_patient`]. Lines are ASCII by
+/// construction, so the lossy conversion never replaces anything.
+pub(crate) fn line_text(arena: &[u8], span: Span) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&arena[span.start..span.end])
 }
 
 #[cfg(test)]
@@ -521,9 +587,9 @@ mod tests {
             let expected = domain::ClinicalDate::from_days_since_epoch(days)
                 .map(|date| date.to_string())
                 .unwrap_or_default();
-            let mut text = String::new();
+            let mut text = Vec::new();
             push_date(&mut text, days);
-            assert_eq!(text, expected);
+            assert_eq!(String::from_utf8(text).unwrap(), expected);
             assert_eq!(days_from_civil(year, month, day), days);
         }
     }
@@ -533,7 +599,9 @@ mod tests {
         let mut ids = EventIds::new(42, 1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            let id = ids.next_id();
+            let mut text = Vec::new();
+            push_event_id(&mut text, ids.next_id());
+            let id = String::from_utf8(text).unwrap();
             assert!(domain::EventId::parse(&id).is_ok(), "{id}");
             assert_eq!(id.len(), 36);
             assert!(seen.insert(id));

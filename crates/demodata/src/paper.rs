@@ -188,6 +188,7 @@ pub(crate) fn lines(seed: u64) -> Vec<String> {
     let mut ids = EventIds::new(seed, ID_SALT);
     let mut numbers = [0u32; CENTRES.len()];
     let mut entries: Vec<Entry> = Vec::new();
+    let mut arena = Vec::new();
     for (number, (history, centre, emit_seed)) in patients.iter().enumerate() {
         numbers[*centre] += 1;
         let (centre_name, prefix) = CENTRES[*centre];
@@ -204,9 +205,13 @@ pub(crate) fn lines(seed: u64) -> Vec<String> {
             &mut ids,
             &mut emit_random,
             NOISE,
+            &mut arena,
             &mut entries,
         );
     }
     entries.sort_by_key(Entry::file_order);
-    entries.into_iter().map(|entry| entry.line).collect()
+    entries
+        .iter()
+        .map(|entry| emit::line_text(&arena, entry.line).into_owned())
+        .collect()
 }

@@ -152,6 +152,8 @@ pub struct RandomLines {
     ids: EventIds,
     pending: VecDeque<String>,
     entries: Vec<Entry>,
+    /// The current block's text; entries point into it.
+    arena: Vec<u8>,
 }
 
 impl RandomLines {
@@ -177,6 +179,7 @@ impl RandomLines {
             ids: EventIds::new(spec.seed, ID_SALT),
             pending: VecDeque::new(),
             entries: Vec::new(),
+            arena: Vec::new(),
         }
     }
 
@@ -189,6 +192,7 @@ impl RandomLines {
         let end = (self.next_patient + BLOCK_PATIENTS).min(self.spec.patients);
         let (window_start, window_end) = date_window();
         self.entries.clear();
+        self.arena.clear();
         for patient in self.next_patient..end {
             let mut random = SeededRandom::derive(self.spec.seed, patient);
             // Centre sizes are uneven: the first centres are the big ones.
@@ -220,6 +224,7 @@ impl RandomLines {
                 &mut self.ids,
                 &mut random,
                 NOISE,
+                &mut self.arena,
                 &mut self.entries,
             );
         }
@@ -242,7 +247,7 @@ impl RandomLines {
         while self.next_block() {
             buffer.clear();
             for entry in &self.entries {
-                buffer.extend_from_slice(entry.line.as_bytes());
+                buffer.extend_from_slice(&self.arena[entry.line.start..entry.line.end]);
                 buffer.push(b'\n');
             }
             written += self.entries.len() as u64;
@@ -260,8 +265,12 @@ impl Iterator for RandomLines {
             if !self.next_block() {
                 return None;
             }
-            self.pending
-                .extend(self.entries.drain(..).map(|entry| entry.line));
+            let arena = &self.arena;
+            self.pending.extend(
+                self.entries
+                    .iter()
+                    .map(|entry| emit::line_text(arena, entry.line).into_owned()),
+            );
         }
         self.pending.pop_front()
     }
