@@ -13,6 +13,10 @@ use std::fmt;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub mod jetstream;
+
+pub use jetstream::{BatchMode, JetStreamLog, JetStreamOptions};
+
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {

@@ -1,0 +1,1265 @@
+//! The NATS JetStream backend of the event log, for deployments that span
+//! machines or sites: [`JetStreamLog`] implements [`EventLog`] on one
+//! JetStream stream per deployment.
+//!
+//! # Subjects and stream
+//!
+//! Every record is one message of the stream `stream_name` (default
+//! `TOXAUDIT_EVENTS`) on the subject `<prefix>.events.<centre>.<patient>`,
+//! where the trait's stream `<centre>.<patient>` is split at its first `.`.
+//! Each part is escaped into exactly one subject token: bytes outside
+//! `[A-Za-z0-9-]` become `_` plus two hex digits, so a pseudonym holding a `.`
+//! (`J.Smith` → `J_2ESmith`) stays one token, and one patient is one subject.
+//! A stream string of another shape maps to `<prefix>.events._.<escaped stream>`.
+//!
+//! The global position is the stream sequence: the stream is created with no
+//! age or count limit, `deny_delete` and `deny_purge`, so sequences stay
+//! gap-free from 1. The key, the stream, the principal and the append time
+//! travel as headers (`Toxaudit-Key`, `Toxaudit-Stream`, `Toxaudit-Principal`,
+//! `Toxaudit-Recorded-At`, values %-escaped outside printable ASCII); the
+//! payload is the record's payload, untouched.
+//!
+//! # Idempotency
+//!
+//! Two mechanisms, each covering what the other cannot:
+//!
+//! 1. Every message carries `Nats-Msg-Id = key`, so the server itself refuses
+//!    a second message with a key it stored within the stream's duplicate
+//!    window (`duplicate_window`, default two minutes), atomically, even
+//!    between concurrent writers.
+//! 2. A key index stream (`<stream_name>_KEYS`, subject `<prefix>.keys.<key>`,
+//!    payload = the position, one message per subject, written create-only)
+//!    remembers keys forever. It is filled by a catch-up pass that reads the
+//!    records after the index's watermark (`<prefix>.keys-indexed`, advanced
+//!    by compare-and-set) and indexes their keys. Every append first looks all
+//!    its keys up in the index with one batched direct get (`multi_last`).
+//!
+//! Why this is enough: an append trusts a miss in the index only if a
+//! catch-up pass *started* less than a quarter of the duplicate window ago
+//! (otherwise it runs one first). A key stored before that pass started is in
+//! the index; a key stored after it is younger than a quarter window, so the
+//! server's `Nats-Msg-Id` check still catches it. The appender never writes
+//! the index on its hot path, and no crash between "record stored" and
+//! "index written" can lose a key, because the index is rebuilt from the
+//! records themselves.
+//!
+//! A key found in the index, or reported by the server as a duplicate, is
+//! read back: the same payload bytes give `Duplicate { position }`, other bytes
+//! `KeyConflict`. If the server refuses an atomic batch for holding a key
+//! inside the window, the index is caught up at once and the append retried,
+//! which then sees the key.
+//!
+//! # Optimistic concurrency
+//!
+//! An expectation on stream S becomes `Nats-Expected-Last-Subject-Sequence`
+//! (0 for `Empty`) with `Nats-Expected-Last-Subject-Sequence-Subject` = S's
+//! subject, on one message of the batch placed no later than S's first record
+//! in the batch (the server checks it against the stream as it was before the
+//! batch). One message carries one expectation, so a batch with more
+//! expectations than records checks the extra ones from the client just
+//! before publishing (a race the server cannot see; rare in practice).
+//!
+//! # Batches
+//!
+//! On nats-server 2.12 and later (stream option `allow_atomic`) a batch is one
+//! atomic batch publish (`Nats-Batch-Id`, `Nats-Batch-Sequence`,
+//! `Nats-Batch-Commit`): stored whole or not at all, at most 1000 records.
+//! On an older server ([`BatchMode::Sequential`], chosen automatically) the
+//! records are published one by one, expectations checked from the client
+//! first and again by the server, and the key index caught up before every
+//! append so that keys are found before the first message goes out. A failure
+//! part-way (a lost connection, a writer racing on the same stream or key)
+//! leaves a stored prefix, which a retry of the same batch completes (the
+//! stored records come back as `Duplicate`); concurrent appenders may
+//! interleave, so a batch's positions need not be contiguous.
+//!
+//! # Failures
+//!
+//! `append` returning [`LogError::Unavailable`] means the outcome is unknown:
+//! the batch may or may not be stored (the server may have stored it and the
+//! acknowledgement been lost). Retrying the same batch is always safe. An `Ok`
+//! is only returned after the server acknowledged the store. On a single
+//! server, a stored message survives the server process being killed; to
+//! survive the machine losing power, run nats-server with
+//! `jetstream { sync_interval: always }` or three replicas.
+//!
+//! `read` uses batched direct gets; `tail` an ordered consumer that is
+//! recreated after the last delivered position whenever it fails, so a server
+//! restart under a live tail yields no gap and no repeat.
+
+mod direct_get;
+mod subjects;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::{
+    AppendBatch, AppendOutcome, EventLog, ExpectedVersion, ExpectedVersionDisplay, LogError,
+    NewRecord, Record,
+};
+use direct_get::{Request, StoredMessage, direct_get};
+use subjects::{Subjects, from_header_value, header_value};
+
+const KEY_HEADER: &str = "Toxaudit-Key";
+const STREAM_HEADER: &str = "Toxaudit-Stream";
+const PRINCIPAL_HEADER: &str = "Toxaudit-Principal";
+const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
+
+/// The most messages nats-server accepts in one atomic batch.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+/// Records fetched by one direct get.
+const READ_CHUNK: usize = 1000;
+/// Keys looked up by one direct get.
+const LOOKUP_CHUNK: usize = 256;
+/// How often an append retries after the server reported a key inside the
+/// duplicate window that the index did not know yet.
+const APPEND_ATTEMPTS: usize = 3;
+
+/// How a batch is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchMode {
+    /// Atomic when the server supports it (2.12+), sequential otherwise.
+    #[default]
+    Auto,
+    /// Atomic batch publish; connecting fails on a server without it.
+    Atomic,
+    /// One message at a time (not atomic; see the module doc).
+    Sequential,
+}
+
+/// Where and how the log lives in JetStream.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// The leading subject tokens of every subject of this deployment.
+    pub prefix: String,
+    /// The events stream; the key index is `<stream_name>_KEYS`.
+    pub stream_name: String,
+    /// The JetStream domain to talk to (leaf-node deployments), if any.
+    pub domain: Option<String>,
+    /// Replicas of both streams (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// The server's `Nats-Msg-Id` duplicate window for the events stream.
+    pub duplicate_window: Duration,
+    pub batch_mode: BatchMode,
+    /// How long one request to the server may take before the call reports
+    /// [`LogError::Unavailable`].
+    pub request_timeout: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "toxaudit".to_owned(),
+            stream_name: "TOXAUDIT_EVENTS".to_owned(),
+            domain: None,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            batch_mode: BatchMode::Auto,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The event log on NATS JetStream. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct JetStreamLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    /// `$JS.API` or `$JS.<domain>.API`, for the requests this module sends itself.
+    api_prefix: String,
+    options: JetStreamOptions,
+    subjects: Subjects,
+    key_index_stream: String,
+    /// Whether batches go out as atomic batch publishes.
+    atomic: bool,
+    /// When the last completed catch-up pass of the key index started.
+    /// Held while a pass runs, so concurrent appends run at most one.
+    last_catch_up: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// One message about to be published.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// Why a publish did not store the batch.
+#[derive(Debug)]
+enum PublishFailure {
+    /// An expected last subject sequence did not hold.
+    WrongLastSequence,
+    /// The batch held a key the server saw within its duplicate window.
+    DuplicateKey,
+    /// A message was too large or otherwise refused for what it is.
+    Refused(String),
+    Unavailable(String),
+}
+
+/// The parsed answer to a publish.
+#[derive(Debug, serde::Deserialize)]
+struct PublishAnswer {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+impl JetStreamLog {
+    /// Connects to the server at `url` and opens (creating if needed) the
+    /// streams. An unreachable server is [`LogError::Unavailable`] naming `url`.
+    pub async fn connect(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(options.request_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .connect(url)
+            .await
+            .map_err(|error| {
+                LogError::Unavailable(format!("cannot reach nats server at {url}: {error}"))
+            })?;
+        JetStreamLog::with_client(client, options).await
+    }
+
+    /// [`JetStreamLog::connect`], retried while the server is unreachable:
+    /// waits `backoff` after the first failure, doubling up to ten times that,
+    /// and gives up with the last error once `max_wait` has passed. For
+    /// services that may start before their nats-server.
+    pub async fn connect_with_retry(
+        url: &str,
+        options: JetStreamOptions,
+        backoff: Duration,
+        max_wait: Duration,
+    ) -> Result<JetStreamLog, LogError> {
+        let started = Instant::now();
+        let mut delay = backoff;
+        loop {
+            match JetStreamLog::connect(url, options.clone()).await {
+                Err(LogError::Unavailable(reason)) if started.elapsed() + delay < max_wait => {
+                    tracing::warn!(url, %reason, retry_in = ?delay, "nats server unavailable, retrying");
+                    // A retry back-off, not synchronisation: nothing to wait on
+                    // but time while the server is down.
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(backoff * 10);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Opens the log on an existing connection.
+    pub async fn with_client(
+        client: async_nats::Client,
+        options: JetStreamOptions,
+    ) -> Result<JetStreamLog, LogError> {
+        if !subjects::valid_prefix(&options.prefix) {
+            return Err(LogError::Invalid(format!(
+                "subject prefix {:?} must be dot-separated tokens of [A-Za-z0-9_-]",
+                options.prefix
+            )));
+        }
+        if options.stream_name.is_empty()
+            || !options
+                .stream_name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        {
+            return Err(LogError::Invalid(format!(
+                "stream name {:?} must be non-empty [A-Za-z0-9_-]",
+                options.stream_name
+            )));
+        }
+        if options.duplicate_window < Duration::from_secs(1) {
+            return Err(LogError::Invalid(
+                "the duplicate window must be at least one second".to_owned(),
+            ));
+        }
+        let server_has_atomic_batches = client.is_server_compatible(2, 12, 0);
+        let atomic = match options.batch_mode {
+            BatchMode::Auto => server_has_atomic_batches,
+            BatchMode::Atomic if !server_has_atomic_batches => {
+                return Err(LogError::Invalid(format!(
+                    "atomic batches need nats-server 2.12 or later, the server is {}",
+                    client.server_info().version
+                )));
+            }
+            BatchMode::Atomic => true,
+            BatchMode::Sequential => false,
+        };
+        let builder = jetstream::ContextBuilder::new().timeout(options.request_timeout);
+        let (jetstream, api_prefix) = match &options.domain {
+            Some(domain) => (
+                builder.domain(domain).build(client.clone()),
+                format!("$JS.{domain}.API"),
+            ),
+            None => (builder.build(client.clone()), "$JS.API".to_owned()),
+        };
+        let subjects = Subjects::new(&options.prefix);
+        let key_index_stream = format!("{}_KEYS", options.stream_name);
+
+        let events_config = stream::Config {
+            name: options.stream_name.clone(),
+            description: Some("toxaudit event log: one message per record".to_owned()),
+            subjects: vec![subjects.all_events()],
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            duplicate_window: options.duplicate_window,
+            allow_direct: true,
+            deny_delete: true,
+            deny_purge: true,
+            allow_atomic_publish: atomic,
+            ..Default::default()
+        };
+        ensure_stream(&jetstream, events_config, atomic).await?;
+        let index_config = stream::Config {
+            name: key_index_stream.clone(),
+            description: Some("toxaudit key index: event id to position".to_owned()),
+            subjects: vec![subjects.all_keys(), subjects.indexed_through()],
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            ..Default::default()
+        };
+        ensure_stream(&jetstream, index_config, false).await?;
+
+        let log = JetStreamLog {
+            inner: Arc::new(Inner {
+                client,
+                jetstream,
+                api_prefix,
+                options,
+                subjects,
+                key_index_stream,
+                atomic,
+                last_catch_up: tokio::sync::Mutex::new(None),
+            }),
+        };
+        log.catch_up_key_index().await?;
+        Ok(log)
+    }
+
+    /// Whether batches are published atomically (see [`BatchMode`]).
+    pub fn is_atomic(&self) -> bool {
+        self.inner.atomic
+    }
+
+    /// The connection, for callers that publish or subscribe beside the log.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Indexes the key of every record the key index does not cover yet.
+    /// Appends run this on their own when the last pass is older than a
+    /// quarter of the duplicate window; it is public for tests and tools.
+    pub async fn catch_up_key_index(&self) -> Result<(), LogError> {
+        let mut last_catch_up = self.inner.last_catch_up.lock().await;
+        self.catch_up_locked(&mut last_catch_up).await
+    }
+
+    async fn ensure_index_fresh(&self, force: bool) -> Result<(), LogError> {
+        let mut last_catch_up = self.inner.last_catch_up.lock().await;
+        let fresh_for = self.inner.options.duplicate_window / 4;
+        let fresh = matches!(*last_catch_up, Some(started) if started.elapsed() < fresh_for);
+        if force || !fresh {
+            self.catch_up_locked(&mut last_catch_up).await?;
+        }
+        Ok(())
+    }
+
+    async fn catch_up_locked(&self, last_catch_up: &mut Option<Instant>) -> Result<(), LogError> {
+        let started = Instant::now();
+        let head = self.head().await?;
+        let (mut indexed_through, mut watermark_sequence) = self.read_watermark().await?;
+        let mut next = indexed_through + 1;
+        while next <= head {
+            let wanted = usize::try_from(head - next + 1)
+                .unwrap_or(READ_CHUNK)
+                .min(READ_CHUNK);
+            let chunk = self
+                .direct_events(Request::Range {
+                    from: next,
+                    max: wanted,
+                })
+                .await?;
+            let Some(last) = chunk.last() else { break };
+            next = last.sequence + 1;
+            let keyed: Vec<(String, u64)> = chunk
+                .iter()
+                .filter(|message| message.sequence <= head)
+                .map(|message| {
+                    Ok((
+                        header(&message.headers, KEY_HEADER, message.sequence)?,
+                        message.sequence,
+                    ))
+                })
+                .collect::<Result<_, LogError>>()?;
+            let known = self
+                .lookup_keys(keyed.iter().map(|(key, _)| key.as_str()))
+                .await?;
+            let mut acknowledgements = Vec::new();
+            for (key, position) in keyed.iter().filter(|(key, _)| !known.contains_key(key)) {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                let acknowledgement = self
+                    .inner
+                    .jetstream
+                    .publish_with_headers(
+                        self.inner.subjects.key(key),
+                        headers,
+                        Bytes::from(position.to_string()),
+                    )
+                    .await
+                    .map_err(|error| {
+                        LogError::Unavailable(format!("indexing key {key}: {error}"))
+                    })?;
+                acknowledgements.push((key, *position, acknowledgement));
+            }
+            for (key, position, acknowledgement) in acknowledgements {
+                match acknowledgement.await {
+                    Ok(_) => {}
+                    // Already indexed, by a concurrent pass or for an earlier record
+                    // with the same key (which then stays the one that counts).
+                    Err(error)
+                        if error.kind()
+                            == jetstream::context::PublishErrorKind::WrongLastSequence =>
+                    {
+                        tracing::debug!(key, position, "key already indexed");
+                    }
+                    Err(error) => {
+                        return Err(LogError::Unavailable(format!(
+                            "indexing key {key}: {error}"
+                        )));
+                    }
+                }
+            }
+        }
+        while indexed_through < head {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                watermark_sequence.to_string().as_str(),
+            );
+            let published = self
+                .inner
+                .jetstream
+                .publish_with_headers(
+                    self.inner.subjects.indexed_through(),
+                    headers,
+                    Bytes::from(head.to_string()),
+                )
+                .await
+                .map_err(|error| {
+                    LogError::Unavailable(format!("advancing the key index: {error}"))
+                })?
+                .await;
+            match published {
+                Ok(_) => break,
+                Err(error)
+                    if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+                {
+                    // Another pass moved the watermark: keep whichever is further.
+                    (indexed_through, watermark_sequence) = self.read_watermark().await?;
+                }
+                Err(error) => {
+                    return Err(LogError::Unavailable(format!(
+                        "advancing the key index: {error}"
+                    )));
+                }
+            }
+        }
+        *last_catch_up = Some(started);
+        Ok(())
+    }
+
+    /// The position the key index is complete through, and the sequence of the
+    /// watermark message (0 when there is none) for compare-and-set.
+    async fn read_watermark(&self) -> Result<(u64, u64), LogError> {
+        let subject = self.inner.subjects.indexed_through();
+        let found = direct_get(
+            &self.inner.client,
+            &self.inner.api_prefix,
+            &self.inner.key_index_stream,
+            Request::LastOf(std::slice::from_ref(&subject)),
+            self.inner.options.request_timeout,
+        )
+        .await?;
+        match found.first() {
+            None => Ok((0, 0)),
+            Some(message) => {
+                let position = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| {
+                        LogError::Corrupt(format!(
+                            "key index watermark {:?} is not a position",
+                            message.payload
+                        ))
+                    })?;
+                Ok((position, message.sequence))
+            }
+        }
+    }
+
+    /// The indexed position of each of `keys` that the index holds.
+    async fn lookup_keys<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> Result<HashMap<String, u64>, LogError> {
+        let mut key_by_subject: HashMap<String, &str> = HashMap::new();
+        for key in keys {
+            key_by_subject.insert(self.inner.subjects.key(key), key);
+        }
+        let subjects: Vec<String> = key_by_subject.keys().cloned().collect();
+        let mut found = HashMap::new();
+        for chunk in subjects.chunks(LOOKUP_CHUNK) {
+            let messages = direct_get(
+                &self.inner.client,
+                &self.inner.api_prefix,
+                &self.inner.key_index_stream,
+                Request::LastOf(chunk),
+                self.inner.options.request_timeout,
+            )
+            .await?;
+            for message in messages {
+                let Some(key) = key_by_subject.get(&message.subject) else {
+                    continue;
+                };
+                let position = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        LogError::Corrupt(format!("key index entry for {key} is not a position"))
+                    })?;
+                found.insert((*key).to_owned(), position);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn direct_events(&self, request: Request<'_>) -> Result<Vec<StoredMessage>, LogError> {
+        direct_get(
+            &self.inner.client,
+            &self.inner.api_prefix,
+            &self.inner.options.stream_name,
+            request,
+            self.inner.options.request_timeout,
+        )
+        .await
+    }
+
+    /// The record at `position`, which must exist.
+    async fn record_at(&self, position: u64) -> Result<Record, LogError> {
+        let messages = self
+            .direct_events(Request::Range {
+                from: position,
+                max: 1,
+            })
+            .await?;
+        match messages.into_iter().next() {
+            Some(message) if message.sequence == position => record_from(message),
+            _ => Err(LogError::Corrupt(format!(
+                "no record at position {position}"
+            ))),
+        }
+    }
+
+    /// Whether `record` is the one stored at `position` (same key and payload):
+    /// `Duplicate`, or the conflict error.
+    async fn compare_with_stored(
+        &self,
+        record: &NewRecord,
+        position: u64,
+    ) -> Result<AppendOutcome, LogError> {
+        let stored = self.record_at(position).await?;
+        if stored.key != record.key {
+            return Err(LogError::Corrupt(format!(
+                "the key index sends {} to position {position}, which holds {}",
+                record.key, stored.key
+            )));
+        }
+        if stored.payload == record.payload {
+            Ok(AppendOutcome::Duplicate { position })
+        } else {
+            Err(LogError::KeyConflict {
+                key: record.key.clone(),
+                position,
+            })
+        }
+    }
+
+    fn check_record(&self, record: &NewRecord) -> Result<(), LogError> {
+        if record.key.is_empty() {
+            return Err(LogError::Invalid(
+                "a record needs a non-empty key".to_owned(),
+            ));
+        }
+        if record.stream.is_empty() {
+            return Err(LogError::Invalid(format!(
+                "record {} needs a non-empty stream",
+                record.key
+            )));
+        }
+        let max_payload = self.inner.client.server_info().max_payload;
+        // Headers count against the server's max_payload too; leave them room.
+        let overhead =
+            512 + 3 * (record.key.len() + record.stream.len()) + 3 * record.principal.len();
+        if record.payload.len() + overhead > max_payload {
+            return Err(LogError::Invalid(format!(
+                "record {} of {} bytes is larger than the server allows ({max_payload} bytes with headers)",
+                record.key,
+                record.payload.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn try_append(
+        &self,
+        batch: &AppendBatch,
+    ) -> Result<Result<Vec<AppendOutcome>, PublishFailure>, LogError> {
+        let records = &batch.records;
+        // Keys seen earlier in the same batch: a repeat is that record again.
+        let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+        let mut same_as: Vec<Option<usize>> = vec![None; records.len()];
+        for (index, record) in records.iter().enumerate() {
+            match first_with_key.get(record.key.as_str()) {
+                Some(&first) if records[first].payload == record.payload => {
+                    same_as[index] = Some(first)
+                }
+                Some(_) => {
+                    return Err(LogError::KeyConflict {
+                        key: record.key.clone(),
+                        position: 0,
+                    });
+                }
+                None => {
+                    first_with_key.insert(&record.key, index);
+                }
+            }
+        }
+
+        let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
+        let indexed = self.lookup_keys(first_with_key.keys().copied()).await?;
+        for (key, position) in &indexed {
+            let index = first_with_key[key.as_str()];
+            outcomes[index] = Some(self.compare_with_stored(&records[index], *position).await?);
+        }
+        let new_records: Vec<usize> = (0..records.len())
+            .filter(|&index| outcomes[index].is_none() && same_as[index].is_none())
+            .collect();
+
+        if !new_records.is_empty() {
+            let positions = match self.publish_new(batch, &new_records).await? {
+                Ok(positions) => positions,
+                Err(failure) => return Ok(Err(failure)),
+            };
+            for (&index, outcome) in new_records.iter().zip(positions) {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        for (index, first) in same_as.iter().enumerate() {
+            if let Some(first) = *first {
+                let position = outcomes[first].map(AppendOutcome::position).unwrap_or(0);
+                outcomes[index] = Some(AppendOutcome::Duplicate { position });
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome
+                    .ok_or_else(|| LogError::Corrupt("an append outcome went missing".to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Ok)
+    }
+
+    /// Publishes the records at `new_records` (batch indexes) with the batch's
+    /// expectations; the outcome of each, in the same order.
+    async fn publish_new(
+        &self,
+        batch: &AppendBatch,
+        new_records: &[usize],
+    ) -> Result<Result<Vec<AppendOutcome>, PublishFailure>, LogError> {
+        let recorded_at = now_micros().to_string();
+        let mut outgoing: Vec<Outgoing> = new_records
+            .iter()
+            .map(|&index| {
+                let record = &batch.records[index];
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", header_value(&record.key).as_str());
+                headers.insert(KEY_HEADER, header_value(&record.key).as_str());
+                headers.insert(STREAM_HEADER, header_value(&record.stream).as_str());
+                headers.insert(PRINCIPAL_HEADER, header_value(&record.principal).as_str());
+                headers.insert(RECORDED_AT_HEADER, recorded_at.as_str());
+                Outgoing {
+                    subject: self.inner.subjects.stream(&record.stream),
+                    headers,
+                    payload: record.payload.clone(),
+                }
+            })
+            .collect();
+
+        // Place each expectation on a message no later than its stream's first
+        // record in the batch (see the module doc); check the rest here.
+        let mut expectations: Vec<(usize, &str, u64)> = batch
+            .expectations
+            .iter()
+            .filter_map(|(stream, version)| {
+                let expected = match version {
+                    ExpectedVersion::Any => return None,
+                    ExpectedVersion::Empty => 0,
+                    ExpectedVersion::At(position) => *position,
+                };
+                let first = new_records
+                    .iter()
+                    .position(|&index| batch.records[index].stream == *stream)
+                    .unwrap_or(usize::MAX);
+                Some((first, stream.as_str(), expected))
+            })
+            .collect();
+        expectations.sort_by_key(|(first, _, _)| *first);
+        let sequential = !self.inner.atomic;
+        for (slot, (first, stream, expected)) in expectations.iter().enumerate() {
+            if slot < outgoing.len() && slot <= *first {
+                let headers = &mut outgoing[slot].headers;
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    expected.to_string().as_str(),
+                );
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    self.inner.subjects.stream(stream).as_str(),
+                );
+            }
+            if sequential || slot >= outgoing.len() || slot > *first {
+                let actual = self.stream_version(stream).await?;
+                if actual != *expected {
+                    return Err(wrong_version(stream, *expected, actual));
+                }
+            }
+        }
+
+        if self.inner.atomic {
+            match self.publish_atomic(outgoing).await? {
+                Ok(last) => {
+                    let count = new_records.len() as u64;
+                    let first = last + 1 - count;
+                    Ok(Ok((first..=last)
+                        .map(|position| AppendOutcome::Appended { position })
+                        .collect()))
+                }
+                Err(PublishFailure::WrongLastSequence) => {
+                    Err(self.explain_wrong_version(batch).await)
+                }
+                Err(failure) => Ok(Err(failure)),
+            }
+        } else {
+            let mut outcomes = Vec::with_capacity(outgoing.len());
+            for (message, &index) in outgoing.into_iter().zip(new_records) {
+                let answer = self.publish_one(message).await?;
+                match answer {
+                    Ok((position, false)) => outcomes.push(AppendOutcome::Appended { position }),
+                    Ok((position, true)) => outcomes.push(
+                        self.compare_with_stored(&batch.records[index], position)
+                            .await?,
+                    ),
+                    Err(PublishFailure::WrongLastSequence) => {
+                        return Err(self.explain_wrong_version(batch).await);
+                    }
+                    Err(failure) => return Ok(Err(failure)),
+                }
+            }
+            Ok(Ok(outcomes))
+        }
+    }
+
+    /// After the server refused an expectation: which one, and where the stream is.
+    async fn explain_wrong_version(&self, batch: &AppendBatch) -> LogError {
+        let mut first_checked = None;
+        for (stream, version) in &batch.expectations {
+            let expected = match version {
+                ExpectedVersion::Any => continue,
+                ExpectedVersion::Empty => 0,
+                ExpectedVersion::At(position) => *position,
+            };
+            match self.stream_version(stream).await {
+                Ok(actual) if actual != expected => return wrong_version(stream, expected, actual),
+                Ok(actual) => {
+                    first_checked.get_or_insert((stream.clone(), *version, actual));
+                }
+                Err(error) => return error,
+            }
+        }
+        match first_checked {
+            // The stream moved again since the refusal: report it as it is now.
+            Some((stream, expected, actual)) => LogError::WrongExpectedVersion {
+                stream,
+                expected: ExpectedVersionDisplay(expected),
+                actual,
+            },
+            None => LogError::Unavailable(
+                "the server refused an expectation the batch did not carry".to_owned(),
+            ),
+        }
+    }
+
+    /// One message, not part of an atomic batch: its position and whether the
+    /// server reported it as a duplicate.
+    async fn publish_one(
+        &self,
+        message: Outgoing,
+    ) -> Result<Result<(u64, bool), PublishFailure>, LogError> {
+        let reply = self
+            .inner
+            .client
+            .request_with_headers(message.subject, message.headers, message.payload)
+            .await
+            .map_err(|error| LogError::Unavailable(format!("publishing a record: {error}")))?;
+        Ok(parse_answer(&reply.payload).map(|answer| (answer.seq, answer.duplicate)))
+    }
+
+    /// The messages as one atomic batch; the position of the last one.
+    async fn publish_atomic(
+        &self,
+        mut outgoing: Vec<Outgoing>,
+    ) -> Result<Result<u64, PublishFailure>, LogError> {
+        let count = outgoing.len();
+        if count == 1 {
+            let message = outgoing.remove(0);
+            return Ok(match self.publish_one(message).await? {
+                Ok((_, true)) => Err(PublishFailure::DuplicateKey),
+                Ok((position, false)) => Ok(position),
+                Err(failure) => Err(failure),
+            });
+        }
+        let inbox = self.inner.client.new_inbox();
+        let batch_id = inbox
+            .rsplit('.')
+            .next()
+            .unwrap_or(inbox.as_str())
+            .to_owned();
+        let mut replies = self
+            .inner
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| {
+                LogError::Unavailable(format!("subscribing for batch replies: {error}"))
+            })?;
+        let unavailable = |error: async_nats::PublishError| {
+            LogError::Unavailable(format!("publishing a batch: {error}"))
+        };
+        for (index, mut message) in outgoing.into_iter().enumerate() {
+            message.headers.insert("Nats-Batch-Id", batch_id.as_str());
+            message
+                .headers
+                .insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+            let last = index + 1 == count;
+            if last {
+                message.headers.insert("Nats-Batch-Commit", "1");
+            }
+            if index == 0 || last {
+                // The first message's (empty) reply confirms the batch started;
+                // the commit's reply is the acknowledgement of the whole batch.
+                self.inner
+                    .client
+                    .publish_with_reply_and_headers(
+                        message.subject,
+                        inbox.clone(),
+                        message.headers,
+                        message.payload,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            } else {
+                self.inner
+                    .client
+                    .publish_with_headers(message.subject, message.headers, message.payload)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
+        let mut first_failure = None;
+        for _ in 0..2 {
+            let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => {
+                    return Err(LogError::Unavailable(
+                        "connection closed during a batch".to_owned(),
+                    ));
+                }
+                Err(_) => break,
+            };
+            if reply.payload.is_empty() {
+                if reply.status.is_some_and(|status| status.as_u16() == 503) {
+                    return Err(LogError::Unavailable(
+                        "no JetStream responders for the batch".to_owned(),
+                    ));
+                }
+                continue;
+            }
+            match parse_answer(&reply.payload) {
+                Ok(answer) if answer.count.is_some() => {
+                    if answer.count != Some(count as u64) {
+                        return Err(LogError::Corrupt(format!(
+                            "the server committed {:?} of a batch of {count}",
+                            answer.count
+                        )));
+                    }
+                    return Ok(Ok(answer.seq));
+                }
+                Ok(_) => continue,
+                Err(failure) => {
+                    first_failure.get_or_insert(failure);
+                }
+            }
+        }
+        match first_failure {
+            Some(failure) => Ok(Err(failure)),
+            None => Err(LogError::Unavailable(format!(
+                "no acknowledgement of a batch within {:?}; it may or may not be stored",
+                self.inner.options.request_timeout
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for JetStreamLog {
+    async fn append(&self, batch: AppendBatch) -> Result<Vec<AppendOutcome>, LogError> {
+        if batch.records.is_empty() {
+            return Ok(Vec::new());
+        }
+        for record in &batch.records {
+            self.check_record(record)?;
+        }
+        if self.inner.atomic && batch.records.len() > MAX_ATOMIC_BATCH {
+            return Err(LogError::Invalid(format!(
+                "a batch of {} records is larger than the {MAX_ATOMIC_BATCH} an atomic batch may hold",
+                batch.records.len()
+            )));
+        }
+        let mut last_failure = String::new();
+        for attempt in 0..APPEND_ATTEMPTS {
+            // Sequential batches cannot be refused whole by the server, so every
+            // key they hold must be found before the first message goes out.
+            self.ensure_index_fresh(attempt > 0 || !self.inner.atomic)
+                .await?;
+            match self.try_append(&batch).await? {
+                Ok(outcomes) => return Ok(outcomes),
+                // A key stored inside the duplicate window that the index did not
+                // know yet: catch the index up and look again.
+                Err(PublishFailure::DuplicateKey) => {
+                    last_failure = "a key stored concurrently".to_owned()
+                }
+                Err(PublishFailure::Refused(reason)) => return Err(LogError::Invalid(reason)),
+                Err(PublishFailure::Unavailable(reason)) => {
+                    return Err(LogError::Unavailable(reason));
+                }
+                Err(PublishFailure::WrongLastSequence) => {
+                    return Err(LogError::Unavailable(
+                        "unexplained wrong last sequence".to_owned(),
+                    ));
+                }
+            }
+        }
+        Err(LogError::Unavailable(format!(
+            "append gave up after {APPEND_ATTEMPTS} attempts: {last_failure}"
+        )))
+    }
+
+    async fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::with_capacity(max.min(READ_CHUNK));
+        let mut next = from.max(1);
+        while records.len() < max {
+            let wanted = (max - records.len()).min(READ_CHUNK);
+            let chunk = self
+                .direct_events(Request::Range {
+                    from: next,
+                    max: wanted,
+                })
+                .await?;
+            let received = chunk.len();
+            for message in chunk {
+                if message.sequence != next {
+                    return Err(LogError::Corrupt(format!(
+                        "expected position {next} but the stream returned {}",
+                        message.sequence
+                    )));
+                }
+                next += 1;
+                records.push(record_from(message)?);
+            }
+            if received < wanted {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    async fn head(&self) -> Result<u64, LogError> {
+        let stream = self
+            .inner
+            .jetstream
+            .get_stream_no_info(&self.inner.options.stream_name)
+            .await
+            .map_err(|error| {
+                LogError::Unavailable(format!("finding the events stream: {error}"))
+            })?;
+        let info = stream.get_info().await.map_err(|error| {
+            LogError::Unavailable(format!("reading the events stream state: {error}"))
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, LogError> {
+        let subject = self.inner.subjects.stream(stream);
+        let found = self
+            .direct_events(Request::LastOf(std::slice::from_ref(&subject)))
+            .await?;
+        Ok(found.first().map_or(0, |message| message.sequence))
+    }
+
+    fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
+        let state = Tail {
+            log: self.clone(),
+            next: from.max(1),
+            messages: None,
+            failures: 0,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            let item = state.next_record().await;
+            Some((item, state))
+        })
+        .boxed()
+    }
+}
+
+type OrderedMessages = async_nats::jetstream::consumer::pull::Ordered;
+
+/// The state of a live tail: the next position it owes its reader.
+struct Tail {
+    log: JetStreamLog,
+    next: u64,
+    messages: Option<OrderedMessages>,
+    /// Consecutive failures, for the retry back-off.
+    failures: u32,
+}
+
+impl Tail {
+    async fn next_record(&mut self) -> Result<Record, LogError> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                match open_tail(self.log.clone(), self.next).await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(error) => self.back_off(&error).await,
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    self.failures = 0;
+                    let position = match message.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(error) => {
+                            return Err(LogError::Corrupt(format!(
+                                "a tailed message has no stream position: {error}"
+                            )));
+                        }
+                    };
+                    if position < self.next {
+                        // Redelivered after a recreation: already handed out.
+                        continue;
+                    }
+                    if position > self.next {
+                        return Err(LogError::Corrupt(format!(
+                            "tail expected position {} but the stream delivered {position}",
+                            self.next
+                        )));
+                    }
+                    let message = message.split().0;
+                    let stored = StoredMessage {
+                        sequence: position,
+                        subject: message.subject.to_string(),
+                        headers: message.headers.unwrap_or_default(),
+                        payload: message.payload,
+                    };
+                    self.next += 1;
+                    return record_from(stored);
+                }
+                Some(Err(error)) => {
+                    self.messages = None;
+                    self.back_off(&LogError::Unavailable(error.to_string()))
+                        .await;
+                }
+                None => {
+                    self.messages = None;
+                }
+            }
+        }
+    }
+
+    async fn back_off(&mut self, error: &LogError) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = Duration::from_millis(50 * u64::from(self.failures.min(40)));
+        tracing::warn!(%error, next = self.next, retry_in = ?delay, "tail interrupted, resuming");
+        // A retry back-off while the server is away, not synchronisation.
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// An ordered consumer delivering the events stream from position `next`.
+async fn open_tail(log: JetStreamLog, next: u64) -> Result<OrderedMessages, LogError> {
+    let inner = &log.inner;
+    let stream = inner
+        .jetstream
+        .get_stream_no_info(&inner.options.stream_name)
+        .await
+        .map_err(|error| LogError::Unavailable(format!("finding the events stream: {error}")))?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: inner.subjects.all_events(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| LogError::Unavailable(format!("creating a tail consumer: {error}")))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|error| LogError::Unavailable(format!("starting a tail: {error}")))
+}
+
+/// Creates the stream, or checks an existing one and turns on atomic batches
+/// when they are wanted and missing.
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+    need_atomic: bool,
+) -> Result<(), LogError> {
+    let name = config.name.clone();
+    let mut stream = jetstream
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|error| LogError::Unavailable(format!("opening stream {name}: {error}")))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|error| LogError::Unavailable(format!("reading stream {name}: {error}")))?;
+    if info.config.subjects != config.subjects {
+        return Err(LogError::Invalid(format!(
+            "stream {name} exists with subjects {:?}, expected {:?}",
+            info.config.subjects, config.subjects
+        )));
+    }
+    if need_atomic && !info.config.allow_atomic_publish {
+        let mut updated = info.config.clone();
+        updated.allow_atomic_publish = true;
+        jetstream.update_stream(updated).await.map_err(|error| {
+            LogError::Unavailable(format!("allowing atomic batches on {name}: {error}"))
+        })?;
+    }
+    Ok(())
+}
+
+fn parse_answer(payload: &[u8]) -> Result<PublishAnswer, PublishFailure> {
+    let answer: PublishAnswer = serde_json::from_slice(payload).map_err(|error| {
+        PublishFailure::Unavailable(format!(
+            "unreadable publish answer {:?}: {error}",
+            String::from_utf8_lossy(payload)
+        ))
+    })?;
+    match &answer.error {
+        None => Ok(answer),
+        Some(error) => Err(match error.err_code {
+            // Wrong last sequence, alone or in a batch.
+            10071 | 10164 => PublishFailure::WrongLastSequence,
+            // The batch holds a message id the server saw within its window.
+            10201 => PublishFailure::DuplicateKey,
+            // Message too large; batch too large.
+            10054 | 10199 => PublishFailure::Refused(error.description.clone()),
+            _ => PublishFailure::Unavailable(format!(
+                "the server refused a publish: {} ({})",
+                error.description, error.err_code
+            )),
+        }),
+    }
+}
+
+fn wrong_version(stream: &str, expected: u64, actual: u64) -> LogError {
+    let expected = if expected == 0 {
+        ExpectedVersion::Empty
+    } else {
+        ExpectedVersion::At(expected)
+    };
+    LogError::WrongExpectedVersion {
+        stream: stream.to_owned(),
+        expected: ExpectedVersionDisplay(expected),
+        actual,
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str, position: u64) -> Result<String, LogError> {
+    headers
+        .get(name)
+        .and_then(|value| from_header_value(value.as_str()))
+        .ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "the record at position {position} has no valid {name} header"
+            ))
+        })
+}
+
+fn record_from(message: StoredMessage) -> Result<Record, LogError> {
+    let position = message.sequence;
+    let recorded_at_micros = header(&message.headers, RECORDED_AT_HEADER, position)?
+        .parse()
+        .map_err(|_| {
+            LogError::Corrupt(format!(
+                "the record at position {position} has a bad {RECORDED_AT_HEADER}"
+            ))
+        })?;
+    Ok(Record {
+        position,
+        recorded_at_micros,
+        key: header(&message.headers, KEY_HEADER, position)?,
+        stream: header(&message.headers, STREAM_HEADER, position)?,
+        principal: header(&message.headers, PRINCIPAL_HEADER, position)?,
+        payload: message.payload,
+    })
+}
+
+fn now_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}

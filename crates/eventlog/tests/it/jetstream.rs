@@ -1,0 +1,250 @@
+//! The JetStream backend against a real nats-server started per test: the
+//! shared conformance suite (atomic and sequential batches), the subject
+//! scheme, and idempotency for keys older than the server's duplicate window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use eventlog::{
+    AppendBatch, AppendOutcome, BatchMode, EventLog, JetStreamLog, JetStreamOptions, LogError,
+};
+use test_support::NatsServer;
+
+use crate::conformance::{LogUnderTest, conformance_tests, record};
+
+/// A nats-server of its own; every open after the first restarts it (kill -9,
+/// same port and store) so "reopen" really is a restart.
+pub struct JetStreamUnderTest {
+    pub server: NatsServer,
+    pub options: JetStreamOptions,
+    opened: bool,
+}
+
+#[async_trait::async_trait]
+impl LogUnderTest for JetStreamUnderTest {
+    async fn open(&mut self) -> Result<Arc<dyn EventLog>> {
+        if self.opened {
+            self.server.restart().await?;
+        }
+        self.opened = true;
+        Ok(Arc::new(
+            JetStreamLog::connect(&self.server.url(), self.options.clone()).await?,
+        ))
+    }
+}
+
+pub fn test_options(batch_mode: BatchMode) -> JetStreamOptions {
+    JetStreamOptions {
+        prefix: "toxaudit-test".to_owned(),
+        stream_name: "EVENTS".to_owned(),
+        batch_mode,
+        request_timeout: Duration::from_secs(5),
+        ..JetStreamOptions::default()
+    }
+}
+
+pub async fn new_atomic_log() -> Result<JetStreamUnderTest> {
+    Ok(JetStreamUnderTest {
+        server: NatsServer::start().await?,
+        options: test_options(BatchMode::Atomic),
+        opened: false,
+    })
+}
+
+pub async fn new_sequential_log() -> Result<JetStreamUnderTest> {
+    Ok(JetStreamUnderTest {
+        server: NatsServer::start().await?,
+        options: test_options(BatchMode::Sequential),
+        opened: false,
+    })
+}
+
+conformance_tests!(conformance_atomic_batches, crate::jetstream::new_atomic_log);
+/// The sequential fallback is not atomic (see the backend's module doc), so
+/// it runs the checks that do not need an atomic, contiguous batch under
+/// concurrency: all but `concurrent_appenders_get_distinct_gap_free_positions`.
+mod conformance_sequential_batches {
+    crate::conformance::conformance_tests!(@checks crate::jetstream::new_sequential_log;
+        an_empty_log_has_nothing,
+        an_empty_batch_stores_nothing,
+        positions_are_gap_free_from_one_and_records_read_back_unchanged,
+        reads_start_anywhere_and_respect_max,
+        a_duplicate_is_answered_with_the_first_position_and_stores_nothing,
+        the_same_key_with_other_content_is_a_conflict,
+        a_batch_with_a_conflicting_key_writes_nothing,
+        keys_repeated_inside_one_batch,
+        a_batch_sent_again_is_answered_with_its_positions_even_if_its_expectation_no_longer_holds,
+        expected_versions_are_checked_per_stream,
+        a_batch_with_a_wrong_expectation_writes_nothing,
+        an_invalid_record_is_refused,
+        tail_gives_stored_records_then_new_ones_without_gap_or_repeat,
+        tail_from_beyond_the_head_starts_at_that_position,
+        only_one_of_two_racing_writers_with_the_same_expectation_wins,
+        records_keys_and_stream_versions_survive_reopening,
+    );
+}
+
+async fn raw_jetstream(server: &NatsServer) -> Result<async_nats::jetstream::Context> {
+    let client = async_nats::connect(server.url()).await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+#[tokio::test]
+async fn records_go_to_one_subject_per_patient_even_when_the_pseudonym_has_dots() -> Result<()> {
+    let server = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Auto)).await?;
+    ensure!(
+        log.is_atomic(),
+        "nats-server 2.12+ is expected to give atomic batches"
+    );
+    log.append(AppendBatch::new(vec![
+        record("e-1", "leeds.J.Smith", "one"),
+        record("e-2", "leeds.J", "two"),
+        record("e-3", "leeds.J.Smith", "three"),
+    ]))
+    .await?;
+    ensure!(log.stream_version("leeds.J.Smith").await? == 3);
+    ensure!(log.stream_version("leeds.J").await? == 2);
+
+    let stream = raw_jetstream(&server).await?.get_stream("EVENTS").await?;
+    let first = stream.get_raw_message(1).await?;
+    ensure!(
+        first.subject.as_str() == "toxaudit-test.events.leeds.J_2ESmith",
+        "{}",
+        first.subject
+    );
+    ensure!(
+        first.headers.get("Nats-Msg-Id").map(|value| value.as_str()) == Some("e-1"),
+        "the key is the message id"
+    );
+    let second = stream.get_raw_message(2).await?;
+    ensure!(second.subject.as_str() == "toxaudit-test.events.leeds.J");
+    let read = log.read(1, 10).await?;
+    ensure!(read[0].stream == "leeds.J.Smith" && read[0].principal == "clinician@leeds");
+    Ok(())
+}
+
+/// Stores a record the way the backend does but without `Nats-Msg-Id`, which
+/// is what the server's view of a record older than its duplicate window is:
+/// only the key index can still recognise the key.
+async fn store_as_if_older_than_the_duplicate_window(
+    server: &NatsServer,
+    key: &str,
+    stream_subject: &str,
+    payload: &str,
+) -> Result<u64> {
+    let jetstream = raw_jetstream(server).await?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Toxaudit-Key", key);
+    headers.insert("Toxaudit-Stream", "leeds.L-1");
+    headers.insert("Toxaudit-Principal", "clinician@leeds");
+    headers.insert("Toxaudit-Recorded-At", "1700000000000000");
+    let ack = jetstream
+        .publish_with_headers(
+            stream_subject.to_owned(),
+            headers,
+            Bytes::from(payload.to_owned()),
+        )
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+#[tokio::test]
+async fn a_key_older_than_the_duplicate_window_is_still_a_duplicate_or_a_conflict() -> Result<()> {
+    for batch_mode in [BatchMode::Atomic, BatchMode::Sequential] {
+        let server = NatsServer::start().await?;
+        let options = test_options(batch_mode);
+        let log = JetStreamLog::connect(&server.url(), options.clone()).await?;
+        log.append(AppendBatch::new(vec![record("e-0", "leeds.L-1", "zero")]))
+            .await?;
+        let position = store_as_if_older_than_the_duplicate_window(
+            &server,
+            "e-old",
+            "toxaudit-test.events.leeds.L-1",
+            "old",
+        )
+        .await?;
+        ensure!(position == 2);
+        // Another service instance connects later: its catch-up indexes the record.
+        let later = JetStreamLog::connect(&server.url(), options).await?;
+
+        let again = later
+            .append(AppendBatch::new(vec![record("e-old", "leeds.L-1", "old")]))
+            .await?;
+        ensure!(
+            again == vec![AppendOutcome::Duplicate { position: 2 }],
+            "{batch_mode:?}: {again:?}"
+        );
+        let conflict = later
+            .append(AppendBatch::new(vec![
+                record("e-new", "leeds.L-1", "new"),
+                record("e-old", "leeds.L-1", "other"),
+            ]))
+            .await;
+        ensure!(
+            matches!(&conflict, Err(LogError::KeyConflict { key, position: 2 }) if key == "e-old"),
+            "{batch_mode:?}: {conflict:?}"
+        );
+        ensure!(
+            later.head().await? == 2,
+            "{batch_mode:?}: nothing more was stored"
+        );
+        // The first instance catches up on its own schedule; asked now, it agrees.
+        log.catch_up_key_index().await?;
+        let from_first = log
+            .append(AppendBatch::new(vec![record("e-old", "leeds.L-1", "old")]))
+            .await?;
+        ensure!(from_first == vec![AppendOutcome::Duplicate { position: 2 }]);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_an_atomic_batch_may_hold_is_refused_whole() -> Result<()> {
+    let server = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
+    let records = (0..=eventlog::jetstream::MAX_ATOMIC_BATCH)
+        .map(|n| record(&format!("e-{n}"), "leeds.L-1", "x"))
+        .collect();
+    let refused = log.append(AppendBatch::new(records)).await;
+    ensure!(matches!(refused, Err(LogError::Invalid(_))), "{refused:?}");
+    ensure!(log.head().await? == 0);
+    let full: Vec<_> = (0..eventlog::jetstream::MAX_ATOMIC_BATCH)
+        .map(|n| record(&format!("e-{n}"), "leeds.L-1", "x"))
+        .collect();
+    let outcomes = log.append(AppendBatch::new(full)).await?;
+    ensure!(outcomes.last().map(|outcome| outcome.position()) == Some(1000));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_of_another_deployment_prefix_is_left_alone() -> Result<()> {
+    let server = NatsServer::start().await?;
+    let first = JetStreamLog::connect(&server.url(), test_options(BatchMode::Auto)).await?;
+    first
+        .append(AppendBatch::new(vec![record("e-1", "leeds.L-1", "one")]))
+        .await?;
+    let other = JetStreamLog::connect(
+        &server.url(),
+        JetStreamOptions {
+            prefix: "site-b".to_owned(),
+            stream_name: "SITE_B".to_owned(),
+            ..test_options(BatchMode::Auto)
+        },
+    )
+    .await?;
+    ensure!(other.head().await? == 0);
+    let outcomes = other
+        .append(AppendBatch::new(vec![record("e-1", "leeds.L-1", "other")]))
+        .await?;
+    ensure!(outcomes == vec![AppendOutcome::Appended { position: 1 }]);
+    let first_read = first
+        .read(1, 10)
+        .await
+        .context("reading the first deployment")?;
+    ensure!(first_read.len() == 1 && first_read[0].payload == Bytes::from_static(b"one"));
+    Ok(())
+}
