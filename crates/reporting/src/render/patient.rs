@@ -68,14 +68,14 @@ pub fn render_patient(view: &PatientAssessment) -> String {
                 cycle
                     .rating
                     .map_or_else(|| "unrated".to_owned(), |rating| rating.to_string()),
-                muscles.join(", "),
                 notes.join("; "),
+                muscles.join(", "),
             ]
         })
         .collect();
     if !rows.is_empty() {
         let header = [
-            "#", "date", "product", "units", "guidance", "rating", "muscles", "notes",
+            "#", "date", "product", "units", "guidance", "rating", "notes", "muscles",
         ]
         .map(str::to_owned);
         let mut widths = [0usize; 8];
