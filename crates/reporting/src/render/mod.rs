@@ -232,14 +232,14 @@ pub(crate) fn measures(scope: &ScopeReport) -> Vec<Measure> {
             ),
             (
                 "not_regained_switched_to_bont_b",
-                "switched to BoNT-B",
+                "of whom switched to BoNT-B",
                 3,
                 counts.not_regained_switched_to_bont_b,
                 counts.not_regained,
             ),
             (
                 "not_regained_referred_dbs",
-                "referred for DBS",
+                "of whom referred for DBS",
                 3,
                 counts.not_regained_referred_dbs,
                 counts.not_regained,
@@ -267,7 +267,7 @@ pub(crate) fn measures(scope: &ScopeReport) -> Vec<Measure> {
             ),
             (
                 "resistance_confirmed",
-                "resistance confirmed",
+                "of whom resistance confirmed",
                 3,
                 counts.resistance_confirmed,
                 counts.assessed_for_resistance,
