@@ -1,0 +1,33 @@
+//! How fast events are read back from the log: a replay decodes every
+//! stored event, so the target is >= 2 million decodes per second of a
+//! ~120-byte event on one core.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use domain::{ClinicalDate, ndjson::parse_line};
+use proto::convert::{decode_event, encode_event};
+use std::hint::black_box;
+
+const TYPICAL_LINES: [&str; 3] = [
+    r#"{"event_id":"0b9c2f4e-5d1a-4e8b-9f6a-3c2d1e0f9a8b","centre":"leeds","patient":"L-0001","occurred_on":"2017-03-10","type":"response_assessed","injection_event_id":"7e3a1c2b-9d8f-4a6e-b5c4-1f2e3d4c5b6a","rating":"good","percent_improvement":60}"#,
+    r#"{"event_id":"7e3a1c2b-9d8f-4a6e-b5c4-1f2e3d4c5b6a","centre":"leeds","patient":"L-0001","occurred_on":"2017-02-01","type":"injection_administered","product":"onabotulinumtoxinA","total_units":200,"guidance":"emg","muscles":[{"muscle":"splenius_capitis","side":"left","units":80},{"muscle":"sternocleidomastoid","side":"right","units":120}]}"#,
+    r#"{"event_id":"1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d","centre":"salford-royal","patient":"S-0412","occurred_on":"2019-06-11","type":"referral_made","target":"dbs"}"#,
+];
+
+fn decoding(criterion: &mut Criterion) {
+    let today = ClinicalDate::from_ymd(2026, 11, 25).unwrap();
+    let records: Vec<_> = TYPICAL_LINES
+        .iter()
+        .map(|line| encode_event(&parse_line(line, today).unwrap()))
+        .collect();
+    let mut group = criterion.benchmark_group("storage_codec");
+    for (name, record) in ["response", "injection", "referral"].iter().zip(&records) {
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("decode_{name}_{}_bytes", record.len()), |bencher| {
+            bencher.iter(|| decode_event(black_box(record)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decoding);
+criterion_main!(benches);
