@@ -91,6 +91,14 @@ impl DerivedBus {
         })))
     }
 
+    /// Connects to the NATS server at `url` and then as [`DerivedBus::nats`].
+    pub async fn connect_nats(url: &str, prefix: &str) -> Result<Self, BusError> {
+        let client = async_nats::connect(url).await.map_err(|error| {
+            BusError::Unavailable(format!("cannot reach nats server at {url}: {error}"))
+        })?;
+        Self::nats(client, prefix).await
+    }
+
     /// Publishes one derived event; on NATS it returns once the server stored
     /// it (or recognised it as a duplicate).
     pub async fn publish(&self, event: PatientAssessed) -> Result<(), BusError> {

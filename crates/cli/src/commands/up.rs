@@ -1,0 +1,356 @@
+//! `toxaudit up`: ingest, assessment and reporting in one process, on one
+//! gRPC port, over the embedded log with an in-process bus of derived events
+//! (nothing to install) or, with `--nats URL`, over JetStream. Also the
+//! configuration every service command shares: a TOML file, then
+//! environment variables, then flags, each overriding the one before
+//! (`docs/configuration.md`).
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use domain::audit::RuleParameters;
+use eventlog::{EmbeddedLog, EmbeddedOptions, EventLog, JetStreamLog, JetStreamOptions};
+use service_kit::{
+    DerivedBus, GrpcServer, JwtSecret, Shutdown, ShutdownTrigger, TlsFiles, http::HttpServer,
+    server::terminate_signal,
+};
+use tonic::service::Routes;
+
+/// Default data directory: the embedded log and the checkpoints.
+pub const DEFAULT_DATA_DIR: &str = "./toxaudit-data";
+/// Default gRPC address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// Default HTTP address (`/healthz`).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default prefix of NATS subjects and stream names.
+pub const DEFAULT_NATS_PREFIX: &str = "toxaudit";
+
+/// How long a service waits for a NATS server that is not up yet.
+const NATS_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Options shared by `up` and `serve`. Each may come from the TOML file
+/// (`--config`), an environment variable, or a flag; the flag wins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceOptions {
+    /// TOML configuration file (keys as the long flags, with `_`: data_dir, grpc_addr, …).
+    #[arg(long, env = "TOXAUDIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded log and of the services' checkpoints [default: ./toxaudit-data].
+    #[arg(long, env = "TOXAUDIT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC address, HOST:PORT (port 0 picks a free one) [default: 127.0.0.1:50051].
+    #[arg(long, env = "TOXAUDIT_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// Use NATS JetStream at this URL for the log and the derived events.
+    #[arg(long, env = "TOXAUDIT_NATS_URL")]
+    nats: Option<String>,
+    /// Prefix of the NATS subjects and streams [default: toxaudit].
+    #[arg(long, env = "TOXAUDIT_NATS_PREFIX")]
+    nats_prefix: Option<String>,
+    /// File holding the token secret (else TOXAUDIT_JWT_SECRET).
+    #[arg(long, env = "TOXAUDIT_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, serve gRPC over TLS.
+    #[arg(long, env = "TOXAUDIT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TOXAUDIT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Throw the checkpoints away and rebuild every projection from position 1.
+    #[arg(long)]
+    rebuild: bool,
+}
+
+/// The keys of the configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    nats: Option<String>,
+    nats_prefix: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// The configuration after file, environment and flags are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub nats: Option<String>,
+    pub nats_prefix: String,
+    pub secret: Arc<JwtSecret>,
+    pub tls: Option<TlsFiles>,
+    pub rebuild: bool,
+}
+
+impl Settings {
+    pub fn resolve(options: &ServiceOptions, http_addr: Option<&str>) -> anyhow::Result<Self> {
+        let file = match &options.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the configuration {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing the configuration {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let jwt_secret_file = options.jwt_secret_file.clone().or(file.jwt_secret_file);
+        let secret =
+            JwtSecret::load(jwt_secret_file.as_deref()).context("loading the token secret")?;
+        let tls = match (
+            options.tls_cert.clone().or(file.tls_cert),
+            options.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(certificate), Some(private_key)) => Some(TlsFiles {
+                certificate,
+                private_key,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("tls needs both a certificate and a private key"),
+        };
+        Ok(Self {
+            data_dir: options
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            grpc_addr: options
+                .grpc_addr
+                .clone()
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.to_owned()),
+            http_addr: http_addr
+                .map(str::to_owned)
+                .or(file.http_addr)
+                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned()),
+            nats: options.nats.clone().or(file.nats),
+            nats_prefix: options
+                .nats_prefix
+                .clone()
+                .or(file.nats_prefix)
+                .unwrap_or_else(|| DEFAULT_NATS_PREFIX.to_owned()),
+            secret: Arc::new(secret),
+            tls,
+            rebuild: options.rebuild,
+        })
+    }
+
+    /// The checkpoint directory of one service.
+    pub fn checkpoint_directory(&self, service: &str) -> PathBuf {
+        self.data_dir.join("checkpoints").join(service)
+    }
+
+    /// The event log: JetStream with `--nats`, else the embedded log in the
+    /// data directory (which this process then locks).
+    pub async fn open_log(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        match &self.nats {
+            Some(url) => {
+                let options = JetStreamOptions {
+                    prefix: self.nats_prefix.clone(),
+                    stream_name: format!(
+                        "{}_EVENTS",
+                        self.nats_prefix.to_uppercase().replace(['.', '-'], "_")
+                    ),
+                    ..JetStreamOptions::default()
+                };
+                let log = JetStreamLog::connect_with_retry(
+                    url,
+                    options,
+                    Duration::from_millis(200),
+                    NATS_STARTUP_WAIT,
+                )
+                .await
+                .with_context(|| format!("connecting to the event log on nats at {url}"))?;
+                Ok(Arc::new(log))
+            }
+            None => {
+                let directory = self.data_dir.clone();
+                let log = tokio::task::spawn_blocking(move || {
+                    EmbeddedLog::open(&directory, EmbeddedOptions::default())
+                })
+                .await
+                .context("opening the event log")?
+                .with_context(|| format!("opening the event log in {}", self.data_dir.display()))?;
+                Ok(Arc::new(log))
+            }
+        }
+    }
+
+    /// The bus of derived events: JetStream with `--nats`, else in process.
+    pub async fn open_bus(&self) -> anyhow::Result<DerivedBus> {
+        match &self.nats {
+            Some(url) => DerivedBus::connect_nats(url, &self.nats_prefix)
+                .await
+                .with_context(|| format!("connecting the derived event bus to {url}")),
+            None => Ok(DerivedBus::in_process()),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    service: ServiceOptions,
+    /// HTTP address for /healthz, HOST:PORT [default: 127.0.0.1:8080].
+    #[arg(long, env = "TOXAUDIT_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// Do not serve HTTP at all.
+    #[arg(long)]
+    no_http: bool,
+}
+
+/// A multi-threaded runtime for the long-running service commands.
+pub fn service_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Waits for ctrl-c / SIGTERM and triggers `trigger`, unless shutdown comes
+/// first from elsewhere (a failing component).
+pub async fn stop_on_signal(trigger: Arc<ShutdownTrigger>, shutdown: Shutdown) {
+    tokio::select! {
+        () = terminate_signal() => trigger.trigger(),
+        () = shutdown.wait() => {}
+    }
+}
+
+/// Runs a component; if it fails, shuts the others down too.
+pub async fn run_component<E: std::error::Error + Send + Sync + 'static>(
+    name: &'static str,
+    trigger: Arc<ShutdownTrigger>,
+    component: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()> {
+    let outcome = component.await;
+    if let Err(error) = &outcome {
+        tracing::error!(component = name, %error, "component failed, shutting down");
+        trigger.trigger();
+    }
+    outcome.with_context(|| format!("{name} failed"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let http_addr = if args.no_http {
+        None
+    } else {
+        Some(args.http_addr.as_deref())
+    };
+    let settings = Settings::resolve(&args.service, http_addr.flatten())?;
+    let runtime = service_runtime()?;
+    runtime.block_on(up(settings, http_addr.is_some()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn up(settings: Settings, serve_http: bool) -> anyhow::Result<()> {
+    let log = settings.open_log().await?;
+    let bus = settings.open_bus().await?;
+    let parameters = RuleParameters::default();
+    let ingest = ingest::Ingest::prepare(
+        Arc::clone(&log),
+        &settings.checkpoint_directory("ingest"),
+        settings.rebuild,
+    )
+    .await
+    .context("preparing ingest")?;
+    let assessment = assessment::Assessment::prepare(
+        Arc::clone(&log),
+        bus,
+        &settings.checkpoint_directory("assessment"),
+        settings.rebuild,
+        parameters,
+    )
+    .await
+    .context("preparing assessment")?;
+    let reporting = reporting::service::Reporting::prepare(
+        Arc::clone(&log),
+        &settings.checkpoint_directory("reporting"),
+        settings.rebuild,
+        parameters,
+    )
+    .await
+    .context("preparing reporting")?;
+    let routes = Routes::new(ingest.grpc_service(Arc::clone(&settings.secret)))
+        .add_service(assessment.grpc_service(Arc::clone(&settings.secret)))
+        .add_service(reporting.grpc_service(Arc::clone(&settings.secret)));
+    let server = GrpcServer::bind(
+        &settings.grpc_addr,
+        settings.tls.as_ref(),
+        routes,
+        &[
+            ingest::SERVICE_NAME,
+            assessment::SERVICE_NAME,
+            reporting::service::SERVICE_NAME,
+        ],
+    )
+    .await?;
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "listening grpc {scheme}://{} (ingest, assessment, reporting; {} log)",
+        server.local_addr(),
+        if settings.nats.is_some() {
+            "jetstream"
+        } else {
+            "embedded"
+        }
+    );
+    let http = if serve_http {
+        let http = HttpServer::bind(&settings.http_addr, Arc::clone(&log)).await?;
+        println!("listening http http://{}/healthz", http.local_addr());
+        Some(http)
+    } else {
+        None
+    };
+    let (trigger, shutdown) = Shutdown::new();
+    let trigger = Arc::new(trigger);
+    let http_run = async {
+        match http {
+            Some(http) => {
+                run_component(
+                    "http",
+                    Arc::clone(&trigger),
+                    http.run_until_stopped(shutdown.clone().wait()),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let outcomes = tokio::join!(
+        stop_on_signal(Arc::clone(&trigger), shutdown.clone()),
+        run_component(
+            "grpc",
+            Arc::clone(&trigger),
+            server.run_until_stopped(shutdown.clone().wait())
+        ),
+        run_component(
+            "ingest",
+            Arc::clone(&trigger),
+            ingest.run_until_stopped(shutdown.clone())
+        ),
+        run_component(
+            "assessment",
+            Arc::clone(&trigger),
+            assessment.run_until_stopped(shutdown.clone())
+        ),
+        run_component(
+            "reporting",
+            Arc::clone(&trigger),
+            reporting.run_until_stopped(shutdown.clone())
+        ),
+        http_run,
+    );
+    let ((), grpc, ingest, assessment, reporting, http) = outcomes;
+    grpc.and(ingest).and(assessment).and(reporting).and(http)?;
+    tracing::info!("stopped");
+    Ok(())
+}
