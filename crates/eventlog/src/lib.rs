@@ -13,8 +13,10 @@ use std::fmt;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub mod embedded;
 pub mod jetstream;
 
+pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use jetstream::{BatchMode, JetStreamLog, JetStreamOptions};
 
 /// A record to append.
