@@ -24,14 +24,14 @@ const PATIENTS: [&str; 4] = [
 /// One step of a generated history: which patient, what kind of event, a
 /// date offset and a few choices.
 #[derive(Debug, Clone, Copy)]
-struct Step {
+pub struct Step {
     patient: usize,
     kind: u8,
     day: u16,
     choice: u32,
 }
 
-fn steps() -> impl Strategy<Value = Vec<Step>> {
+pub fn steps() -> impl Strategy<Value = Vec<Step>> {
     proptest::collection::vec(
         (0..PATIENTS.len(), 0u8..12, 0u16..1500, any::<u32>()).prop_map(
             |(patient, kind, day, choice)| Step {
@@ -41,7 +41,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
                 choice,
             },
         ),
-        1..90,
+        1..150,
     )
 }
 
@@ -53,13 +53,19 @@ struct Known {
     injections: Vec<(String, String)>,
     /// Live events a void may target (not registrations, not voids).
     voidable: Vec<String>,
+    /// Days since 2012-01-02 of the patient's latest clinic visit: most
+    /// events move it on by two to four months, some are backdated.
+    clock: i32,
+    /// The patient's current session, repeated until changed.
+    session: Option<Session>,
 }
 
 /// Turns generated steps into a valid log.
-fn build(steps: &[Step]) -> Log {
+pub fn build(steps: &[Step]) -> Log {
     let mut log = Log::new();
     let mut known = vec![Known::default(); PATIENTS.len()];
     let products = [
+        Product::OnabotulinumtoxinA,
         Product::OnabotulinumtoxinA,
         Product::OnabotulinumtoxinA,
         Product::AbobotulinumtoxinA,
@@ -69,7 +75,14 @@ fn build(steps: &[Step]) -> Log {
     for step in steps {
         let patient = PATIENTS[step.patient];
         let state = &mut known[step.patient];
-        let on = days_after("2012-01-02", i32::from(step.day));
+        let day = i32::from(step.day);
+        let on_day = if day % 8 == 0 {
+            (state.clock - day % 300).max(0)
+        } else {
+            state.clock += 50 + day % 60;
+            state.clock
+        };
+        let on = days_after("2012-01-02", on_day);
         if !state.registered {
             log.register(patient);
             state.registered = true;
@@ -78,21 +91,29 @@ fn build(steps: &[Step]) -> Log {
         let choice = step.choice as usize;
         match step.kind {
             0..=3 => {
-                let product = products[choice % products.len()];
-                let units = match product {
-                    Product::AbobotulinumtoxinA => 400 + 10 * (choice / 7 % 30) as u32,
-                    Product::RimabotulinumtoxinB => 5000,
-                    _ => 180 + 2 * (choice / 7 % 30) as u32,
+                // Most sessions repeat the patient's previous one; about one
+                // in three changes it (product, dose, guidance or muscles).
+                if state.session.is_none() || choice.is_multiple_of(3) {
+                    let product = products[choice / 3 % products.len()];
+                    let units = match product {
+                        Product::AbobotulinumtoxinA => 400 + 10 * (choice / 7 % 30) as u32,
+                        Product::RimabotulinumtoxinB => 5000,
+                        _ => 180 + 2 * (choice / 7 % 30) as u32,
+                    };
+                    let mut session = Session::of(product, units);
+                    if (choice / 211).is_multiple_of(4) {
+                        session = session.guided(Guidance::Ultrasound);
+                    }
+                    if (choice / 887).is_multiple_of(3) {
+                        session
+                            .muscles
+                            .push((Muscle::LevatorScapulae, Side::Right, 10));
+                    }
+                    state.session = Some(session);
+                }
+                let Some(session) = state.session.clone() else {
+                    continue;
                 };
-                let mut session = Session::of(product, units);
-                if (choice / 211).is_multiple_of(4) {
-                    session = session.guided(Guidance::Ultrasound);
-                }
-                if (choice / 887).is_multiple_of(3) {
-                    session
-                        .muscles
-                        .push((Muscle::LevatorScapulae, Side::Right, 10));
-                }
                 let id = log.inject_session(patient, &on, session);
                 state.injections.push((id.clone(), on));
                 state.voidable.push(id);
@@ -101,8 +122,13 @@ fn build(steps: &[Step]) -> Log {
                 if state.injections.is_empty() {
                     continue;
                 }
-                let (injection, injected_on) =
-                    state.injections[choice % state.injections.len()].clone();
+                // Mostly the latest injection, sometimes an older one.
+                let which = if choice.is_multiple_of(4) {
+                    choice / 4 % state.injections.len()
+                } else {
+                    state.injections.len() - 1
+                };
+                let (injection, injected_on) = state.injections[which].clone();
                 let rated_on = if injected_on > on {
                     injected_on.clone()
                 } else {
@@ -189,7 +215,7 @@ fn fold(events: &[RecordedEvent], parameters: RuleParameters) -> domain::audit::
     cohort.report()
 }
 
-fn parameters() -> impl Strategy<Value = RuleParameters> {
+pub fn parameters() -> impl Strategy<Value = RuleParameters> {
     (0u32..4, 1u32..40, 60u32..100).prop_map(|(good, pct, days)| RuleParameters {
         min_good_cycles_before_snr: good,
         dose_change_min_pct: pct,

@@ -14,3 +14,4 @@ mod validation;
 mod audit;
 mod audit_builder;
 mod audit_properties;
+mod audit_reference;
