@@ -58,6 +58,11 @@ struct PatientSlot {
 }
 
 /// The audit of a whole network, kept up to date one event at a time.
+///
+/// Patients and centres are interned as `u32` indices into `patients` and
+/// `centres`/`totals`. Only this struct hands those indices out, right after
+/// pushing the entry they name, and nothing is ever removed, so indexing
+/// with them cannot fail. (A `u32` holds four billion patients or centres.)
 #[derive(Debug)]
 pub struct Cohort {
     parameters: RuleParameters,
