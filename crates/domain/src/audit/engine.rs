@@ -25,6 +25,9 @@ fn id_hash(event_id: &EventId) -> u64 {
     xxhash_rust::xxh3::xxh3_64(event_id.as_str().as_bytes())
 }
 
+// Every (muscle, side) pair must have its own bit in a `u32` muscle set.
+const _: () = assert!(Muscle::ALL.len() * Side::ALL.len() <= 32);
+
 /// The bit of a (muscle, side) pair in an injection's muscle set: 15 muscles
 /// times 2 sides fit in 30 bits.
 pub(crate) fn muscle_bit(muscle: Muscle, side: Side) -> u32 {
