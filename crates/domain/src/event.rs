@@ -336,7 +336,9 @@ pub(crate) fn check_injection(
             "at least one muscle is required",
         ));
     }
-    let mut seen = std::collections::HashSet::new();
+    // One bit per (muscle, side) pair (15 × 2 of them): every stored
+    // injection passes here on replay, and a hash set would allocate.
+    let mut seen: u64 = 0;
     for (index, dose) in muscles.iter().enumerate() {
         if dose.units == 0 {
             reasons.push(FieldError::new(
@@ -344,7 +346,10 @@ pub(crate) fn check_injection(
                 "must be an integer > 0",
             ));
         }
-        if !seen.insert((dose.muscle, dose.side)) {
+        let bit = 1u64 << (dose.muscle as u32 * 2 + dose.side as u32);
+        let first_time = seen & bit == 0;
+        seen |= bit;
+        if !first_time {
             reasons.push(FieldError::new(
                 format!("muscles[{index}]"),
                 format!("{} {} appears more than once", dose.side, dose.muscle),

@@ -34,7 +34,7 @@ pub fn parse_line(line: &str, today: ClinicalDate) -> Result<Event, Refusal> {
 /// contract beyond the JSON shape (unknown fields, nulls, duplicate keys,
 /// JSON types are recorded in the raw event for [`validate`] to report).
 /// Fails only when the line is not one JSON object.
-pub fn raw_of_line(line: &str) -> Result<RawEvent, Refusal> {
+pub fn raw_of_line(line: &str) -> Result<RawEvent<Cow<'_, str>>, Refusal> {
     let json: Json<'_> = serde_json::from_str(line)
         .map_err(|error| Refusal::single("line", format!("is not valid JSON: {error}")))?;
     match json {
@@ -445,7 +445,7 @@ fn walk_members<'a>(
     }
 }
 
-fn raw_of_members(members: Vec<(Cow<'_, str>, Json<'_>)>) -> RawEvent {
+fn raw_of_members<'a>(members: Vec<(Cow<'a, str>, Json<'a>)>) -> RawEvent<Cow<'a, str>> {
     let mut raw = RawEvent::default();
     let mut source_errors = Vec::new();
     walk_members(
@@ -485,9 +485,9 @@ fn raw_of_members(members: Vec<(Cow<'_, str>, Json<'_>)>) -> RawEvent {
     raw
 }
 
-fn string_field(value: Result<Json<'_>, String>) -> RawField<String> {
+fn string_field(value: Result<Json<'_>, String>) -> RawField<Cow<'_, str>> {
     match value {
-        Ok(Json::String(text)) => RawField::Present(text.into_owned()),
+        Ok(Json::String(text)) => RawField::Present(text),
         Ok(Json::Null) => RawField::Malformed(NULL_REASON.to_owned()),
         Ok(other) => RawField::Malformed(format!("must be a string, not {}", other.kind())),
         Err(reason) => RawField::Malformed(reason),
@@ -520,7 +520,9 @@ fn number_field(value: Result<Json<'_>, String>) -> RawField<f64> {
     }
 }
 
-fn muscles_field(value: Result<Json<'_>, String>) -> RawField<Vec<RawField<RawMuscle>>> {
+fn muscles_field(
+    value: Result<Json<'_>, String>,
+) -> RawField<Vec<RawField<RawMuscle<Cow<'_, str>>>>> {
     match value {
         Ok(Json::Array(items)) => RawField::Present(
             items
@@ -538,7 +540,7 @@ fn muscles_field(value: Result<Json<'_>, String>) -> RawField<Vec<RawField<RawMu
     }
 }
 
-fn muscle_entry(index: usize, item: Json<'_>) -> RawField<RawMuscle> {
+fn muscle_entry(index: usize, item: Json<'_>) -> RawField<RawMuscle<Cow<'_, str>>> {
     let members = match item {
         Json::Object(members) => members,
         Json::Null => return RawField::Malformed(NULL_REASON.to_owned()),

@@ -11,7 +11,7 @@
 
 use crate::{
     FieldError, Refusal,
-    date::ClinicalDate,
+    date::{ClinicalDate, EARLIEST},
     event::{
         Event, EventBody, EventType, EventVoided, Guidance, InjectionAdministered, Muscle,
         MuscleDose, PatientRegistered, Product, ReferralMade, ReferralTarget, ResistanceMethod,
@@ -58,9 +58,9 @@ impl<T> RawField<T> {
 
 /// One entry of `muscles`, unvalidated.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct RawMuscle {
-    pub muscle: RawField<String>,
-    pub side: RawField<String>,
+pub struct RawMuscle<S = String> {
+    pub muscle: RawField<S>,
+    pub side: RawField<S>,
     pub units: RawField<i64>,
     /// Reasons found inside the entry that belong to none of its fields
     /// (unknown fields), already named with their full path.
@@ -71,75 +71,78 @@ pub struct RawMuscle {
 /// of every event type sit side by side, as in the interchange file; a field
 /// that belongs to another event type than `type` is refused as unknown.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct RawEvent {
-    pub event_id: RawField<String>,
-    pub centre: RawField<String>,
-    pub patient: RawField<String>,
-    pub occurred_on: RawField<String>,
+pub struct RawEvent<S = String> {
+    pub event_id: RawField<S>,
+    pub centre: RawField<S>,
+    pub patient: RawField<S>,
+    pub occurred_on: RawField<S>,
     /// The `type` field.
-    pub event_type: RawField<String>,
+    pub event_type: RawField<S>,
 
     // patient_registered
     pub birth_year: RawField<i64>,
-    pub sex: RawField<String>,
+    pub sex: RawField<S>,
     pub onset_year: RawField<i64>,
 
     // injection_administered
-    pub product: RawField<String>,
+    pub product: RawField<S>,
     pub total_units: RawField<i64>,
-    pub guidance: RawField<String>,
+    pub guidance: RawField<S>,
     /// Each entry is `Malformed` when it is not an object at all.
-    pub muscles: RawField<Vec<RawField<RawMuscle>>>,
+    pub muscles: RawField<Vec<RawField<RawMuscle<S>>>>,
 
     // response_assessed
-    pub injection_event_id: RawField<String>,
-    pub rating: RawField<String>,
+    pub injection_event_id: RawField<S>,
+    pub rating: RawField<S>,
     pub percent_improvement: RawField<i64>,
     pub benefit_weeks: RawField<i64>,
     pub twstrs_total: RawField<i64>,
 
     // resistance_tested
-    pub method: RawField<String>,
-    pub result: RawField<String>,
+    pub method: RawField<S>,
+    pub result: RawField<S>,
     pub titre_mu_per_ml: RawField<f64>,
 
     // referral_made
-    pub target: RawField<String>,
+    pub target: RawField<S>,
 
     // treatment_discontinued and event_voided
-    pub reason: RawField<String>,
+    pub reason: RawField<S>,
 
     // event_voided
-    pub target_event_id: RawField<String>,
+    pub target_event_id: RawField<S>,
 
     /// Reasons the source found before validation and that belong to no
     /// field above: unknown fields (at any depth), server fields, syntax.
     pub source_errors: Vec<FieldError>,
 }
 
-/// The body fields of every event type, in the contract's order. A field
-/// given for another type than its own is refused as not being a field of
-/// that type.
-const BODY_FIELDS: &[(&str, EventType)] = &[
-    ("birth_year", EventType::PatientRegistered),
-    ("sex", EventType::PatientRegistered),
-    ("onset_year", EventType::PatientRegistered),
-    ("product", EventType::InjectionAdministered),
-    ("total_units", EventType::InjectionAdministered),
-    ("guidance", EventType::InjectionAdministered),
-    ("muscles", EventType::InjectionAdministered),
-    ("injection_event_id", EventType::ResponseAssessed),
-    ("rating", EventType::ResponseAssessed),
-    ("percent_improvement", EventType::ResponseAssessed),
-    ("benefit_weeks", EventType::ResponseAssessed),
-    ("twstrs_total", EventType::ResponseAssessed),
-    ("method", EventType::ResistanceTested),
-    ("result", EventType::ResistanceTested),
-    ("titre_mu_per_ml", EventType::ResistanceTested),
-    ("target", EventType::ReferralMade),
-    ("reason", EventType::TreatmentDiscontinued),
-    ("reason", EventType::EventVoided),
-    ("target_event_id", EventType::EventVoided),
+/// The body fields of every event type, in the contract's order, each with
+/// the types it belongs to. A field given for another type is refused as not
+/// being a field of that type. The order is that of
+/// [`RawEvent::body_fields_given`].
+const BODY_FIELDS: [(&str, &[EventType]); 18] = [
+    ("birth_year", &[EventType::PatientRegistered]),
+    ("sex", &[EventType::PatientRegistered]),
+    ("onset_year", &[EventType::PatientRegistered]),
+    ("product", &[EventType::InjectionAdministered]),
+    ("total_units", &[EventType::InjectionAdministered]),
+    ("guidance", &[EventType::InjectionAdministered]),
+    ("muscles", &[EventType::InjectionAdministered]),
+    ("injection_event_id", &[EventType::ResponseAssessed]),
+    ("rating", &[EventType::ResponseAssessed]),
+    ("percent_improvement", &[EventType::ResponseAssessed]),
+    ("benefit_weeks", &[EventType::ResponseAssessed]),
+    ("twstrs_total", &[EventType::ResponseAssessed]),
+    ("method", &[EventType::ResistanceTested]),
+    ("result", &[EventType::ResistanceTested]),
+    ("titre_mu_per_ml", &[EventType::ResistanceTested]),
+    ("target", &[EventType::ReferralMade]),
+    (
+        "reason",
+        &[EventType::TreatmentDiscontinued, EventType::EventVoided],
+    ),
+    ("target_event_id", &[EventType::EventVoided]),
 ];
 
 /// True when `name` is the name of a body field of some event type.
@@ -147,29 +150,62 @@ pub fn is_body_field(name: &str) -> bool {
     BODY_FIELDS.iter().any(|(field, _)| *field == name)
 }
 
-impl RawEvent {
-    /// Whether the body field `name` is given (present or malformed).
-    fn body_field_given(&self, name: &str) -> bool {
-        match name {
-            "birth_year" => self.birth_year.is_given(),
-            "sex" => self.sex.is_given(),
-            "onset_year" => self.onset_year.is_given(),
-            "product" => self.product.is_given(),
-            "total_units" => self.total_units.is_given(),
-            "guidance" => self.guidance.is_given(),
-            "muscles" => self.muscles.is_given(),
-            "injection_event_id" => self.injection_event_id.is_given(),
-            "rating" => self.rating.is_given(),
-            "percent_improvement" => self.percent_improvement.is_given(),
-            "benefit_weeks" => self.benefit_weeks.is_given(),
-            "twstrs_total" => self.twstrs_total.is_given(),
-            "method" => self.method.is_given(),
-            "result" => self.result.is_given(),
-            "titre_mu_per_ml" => self.titre_mu_per_ml.is_given(),
-            "target" => self.target.is_given(),
-            "reason" => self.reason.is_given(),
-            "target_event_id" => self.target_event_id.is_given(),
-            _ => false,
+impl<S> RawEvent<S> {
+    /// Whether each body field is given (present or malformed), in the order
+    /// of `BODY_FIELDS`.
+    fn body_fields_given(&self) -> [bool; 18] {
+        [
+            self.birth_year.is_given(),
+            self.sex.is_given(),
+            self.onset_year.is_given(),
+            self.product.is_given(),
+            self.total_units.is_given(),
+            self.guidance.is_given(),
+            self.muscles.is_given(),
+            self.injection_event_id.is_given(),
+            self.rating.is_given(),
+            self.percent_improvement.is_given(),
+            self.benefit_weeks.is_given(),
+            self.twstrs_total.is_given(),
+            self.method.is_given(),
+            self.result.is_given(),
+            self.titre_mu_per_ml.is_given(),
+            self.target.is_given(),
+            self.reason.is_given(),
+            self.target_event_id.is_given(),
+        ]
+    }
+}
+
+/// The text of a raw event: owned (`String`, from a decoded message),
+/// borrowed (`&str`, straight from a stored record) or either (`Cow`, from a
+/// line whose strings may hold escapes). The validator copies a text only
+/// into the event it builds.
+pub trait Text: AsRef<str> + Into<String> {}
+
+impl<S: AsRef<str> + Into<String>> Text for S {}
+
+/// A field's name in a reason, built only when a reason is given: most
+/// events are valid, and naming `muscles[3].units` costs an allocation.
+trait FieldName: Copy {
+    fn name(self) -> String;
+}
+
+impl FieldName for &'static str {
+    fn name(self) -> String {
+        self.to_owned()
+    }
+}
+
+/// A field of one entry of `muscles`; an empty field name is the entry.
+#[derive(Clone, Copy)]
+struct MuscleField(usize, &'static str);
+
+impl FieldName for MuscleField {
+    fn name(self) -> String {
+        match self.1 {
+            "" => format!("muscles[{}]", self.0),
+            field => format!("muscles[{}].{field}", self.0),
         }
     }
 }
@@ -177,7 +213,7 @@ impl RawEvent {
 /// Checks every rule of the contract that needs no log state, with "today"
 /// bounding `occurred_on` (up to today + 1 day) and the birth and onset years
 /// (up to today's year). Returns every reason at once.
-pub fn validate(raw: RawEvent, today: ClinicalDate) -> Result<Event, Refusal> {
+pub fn validate<S: Text>(raw: RawEvent<S>, today: ClinicalDate) -> Result<Event, Refusal> {
     Validator::new(Some(today)).event(raw)
 }
 
@@ -185,7 +221,7 @@ pub fn validate(raw: RawEvent, today: ClinicalDate) -> Result<Event, Refusal> {
 /// events read back from the log, which were checked against the day they
 /// were written. Every other rule still holds, so a damaged record is still
 /// refused rather than trusted.
-pub fn validate_stored(raw: RawEvent) -> Result<Event, Refusal> {
+pub fn validate_stored<S: Text>(raw: RawEvent<S>) -> Result<Event, Refusal> {
     Validator::new(None).event(raw)
 }
 
@@ -208,15 +244,15 @@ impl Validator {
     }
 
     /// The value of a required field, or `None` after recording why not.
-    fn required<T>(&mut self, field: &str, value: RawField<T>) -> Option<T> {
+    fn required<T>(&mut self, field: impl FieldName, value: RawField<T>) -> Option<T> {
         match value {
             RawField::Present(value) => Some(value),
             RawField::Absent => {
-                self.refuse(field, "is required");
+                self.refuse(field.name(), "is required");
                 None
             }
             RawField::Malformed(reason) => {
-                self.refuse(field, reason);
+                self.refuse(field.name(), reason);
                 None
             }
         }
@@ -224,45 +260,45 @@ impl Validator {
 
     /// `Ok(None)` when absent, `Ok(Some)` when present, `Err` after recording
     /// why a given value cannot be read.
-    fn optional<T>(&mut self, field: &str, value: RawField<T>) -> Result<Option<T>, ()> {
+    fn optional<T>(&mut self, field: impl FieldName, value: RawField<T>) -> Result<Option<T>, ()> {
         match value {
             RawField::Present(value) => Ok(Some(value)),
             RawField::Absent => Ok(None),
             RawField::Malformed(reason) => {
-                self.refuse(field, reason);
+                self.refuse(field.name(), reason);
                 Err(())
             }
         }
     }
 
     /// Parses a required string field with `parse`, recording the refusal.
-    fn required_parsed<T>(
+    fn required_parsed<T, S: Text>(
         &mut self,
-        field: &str,
-        value: RawField<String>,
+        field: impl FieldName,
+        value: RawField<S>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         let text = self.required(field, value)?;
-        match parse(&text) {
+        match parse(text.as_ref()) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
-                self.refuse(field, reason);
+                self.refuse(field.name(), reason);
                 None
             }
         }
     }
 
     /// Parses an optional string field; `Err` means given but refused.
-    fn optional_parsed<T>(
+    fn optional_parsed<T, S: Text>(
         &mut self,
-        field: &str,
-        value: RawField<String>,
+        field: &'static str,
+        value: RawField<S>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<Option<T>, ()> {
         let Some(text) = self.optional(field, value)? else {
             return Ok(None);
         };
-        match parse(&text) {
+        match parse(text.as_ref()) {
             Ok(parsed) => Ok(Some(parsed)),
             Err(reason) => {
                 self.refuse(field, reason);
@@ -272,7 +308,13 @@ impl Validator {
     }
 
     /// Checks an integer against an inclusive range; `Err` means refused.
-    fn in_range(&mut self, field: &str, value: i64, low: i64, high: i64) -> Result<i64, ()> {
+    fn in_range(
+        &mut self,
+        field: &'static str,
+        value: i64,
+        low: i64,
+        high: i64,
+    ) -> Result<i64, ()> {
         if (low..=high).contains(&value) {
             Ok(value)
         } else {
@@ -288,7 +330,7 @@ impl Validator {
     /// range of the contract fits one).
     fn optional_small(
         &mut self,
-        field: &str,
+        field: &'static str,
         value: RawField<i64>,
         high: u8,
     ) -> Result<Option<u8>, ()> {
@@ -300,9 +342,9 @@ impl Validator {
         u8::try_from(value).map(Some).map_err(|_| ())
     }
 
-    fn reason_text(&mut self, value: RawField<String>) -> Option<String> {
+    fn reason_text<S: Text>(&mut self, value: RawField<S>) -> Option<String> {
         let text = self.required("reason", value)?;
-        let length = text.chars().count();
+        let length = text.as_ref().chars().count();
         if length == 0 || length > MAXIMUM_REASON_CHARS {
             self.refuse(
                 "reason",
@@ -310,10 +352,10 @@ impl Validator {
             );
             return None;
         }
-        Some(text)
+        Some(text.into())
     }
 
-    fn event(mut self, mut raw: RawEvent) -> Result<Event, Refusal> {
+    fn event<S: Text>(mut self, mut raw: RawEvent<S>) -> Result<Event, Refusal> {
         let source_errors = std::mem::take(&mut raw.source_errors);
 
         let event_id =
@@ -330,10 +372,7 @@ impl Validator {
         let occurred_on = self.required_parsed(
             "occurred_on",
             std::mem::take(&mut raw.occurred_on),
-            |text| match today {
-                Some(today) => ClinicalDate::parse_clinical(text, today),
-                None => ClinicalDate::parse(text),
-            },
+            |text| parse_date(text, today),
         );
         let event_type =
             self.required_parsed("type", std::mem::take(&mut raw.event_type), |text| {
@@ -342,13 +381,8 @@ impl Validator {
 
         let body = match event_type {
             Some(event_type) => {
-                for (index, (field, _)) in BODY_FIELDS.iter().enumerate() {
-                    // `reason` is listed once per type that has it: judge a name once.
-                    let seen_before = BODY_FIELDS[..index].iter().any(|(name, _)| name == field);
-                    let belongs = BODY_FIELDS
-                        .iter()
-                        .any(|(name, kind)| name == field && *kind == event_type);
-                    if !seen_before && !belongs && raw.body_field_given(field) {
+                for ((field, owners), given) in BODY_FIELDS.iter().zip(raw.body_fields_given()) {
+                    if given && !owners.contains(&event_type) {
                         self.refuse(
                             *field,
                             format!("unknown field: it is not a field of a {event_type} event"),
@@ -384,7 +418,7 @@ impl Validator {
         }
     }
 
-    fn body(&mut self, event_type: EventType, raw: RawEvent) -> Option<EventBody> {
+    fn body<S: Text>(&mut self, event_type: EventType, raw: RawEvent<S>) -> Option<EventBody> {
         match event_type {
             EventType::PatientRegistered => self.patient_registered(raw),
             EventType::InjectionAdministered => self.injection_administered(raw),
@@ -412,7 +446,7 @@ impl Validator {
         }
     }
 
-    fn patient_registered(&mut self, raw: RawEvent) -> Option<EventBody> {
+    fn patient_registered<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
         // Without a "today" (a stored event), the year bound is the one that
         // held when it was written: no upper bound is checked again.
         let latest_year = self.today.map_or(i64::MAX, |today| i64::from(today.year()));
@@ -449,7 +483,7 @@ impl Validator {
         }))
     }
 
-    fn injection_administered(&mut self, raw: RawEvent) -> Option<EventBody> {
+    fn injection_administered<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
         let product = self.required_parsed("product", raw.product, Product::parse);
         let total_units = self
             .required("total_units", raw.total_units)
@@ -466,62 +500,73 @@ impl Validator {
             }
         }
 
-        if every_dose_readable {
-            // The cross-field rules are written once, in `check_injection`.
-            // When the product or the total cannot be read, check what still
-            // can be (muscles present, each once, units > 0) and leave out
-            // the reasons about a total or maximum we do not know.
-            let sum: u64 = doses.iter().map(|dose| u64::from(dose.units)).sum();
-            let known_total = total_units.unwrap_or(u32::try_from(sum).unwrap_or(u32::MAX));
-            let mut reasons = Vec::new();
-            check_injection(
-                product.unwrap_or(Product::RimabotulinumtoxinB),
-                known_total,
-                &doses,
-                &mut reasons,
-            );
-            let total_is_known = product.is_some() && total_units.is_some();
-            self.reasons.extend(reasons.into_iter().filter(|reason| {
-                total_is_known
-                    || (reason.field != "total_units"
-                        && !(reason.field == "muscles" && reason.reason.contains("add up")))
-            }));
+        if !every_dose_readable {
+            return None;
         }
-
-        let injection =
-            InjectionAdministered::new(product?, total_units?, guidance?, doses).ok()?;
-        Some(EventBody::InjectionAdministered(injection))
+        // The cross-field rules are written once, in `check_injection`, which
+        // `InjectionAdministered::new` runs.
+        if let (Some(product), Some(total_units), Some(guidance)) = (product, total_units, guidance)
+        {
+            return match InjectionAdministered::new(product, total_units, guidance, doses) {
+                Ok(injection) => Some(EventBody::InjectionAdministered(injection)),
+                Err(reasons) => {
+                    self.reasons.extend(reasons);
+                    None
+                }
+            };
+        }
+        // Something could not be read: still check what can be. An unknown
+        // product is checked against the highest hard maximum of all (a total
+        // above it is above every product's); with an unknown total, the
+        // reasons about the total are left out.
+        let sum: u64 = doses.iter().map(|dose| u64::from(dose.units)).sum();
+        let assumed_total = total_units.unwrap_or(u32::try_from(sum).unwrap_or(u32::MAX));
+        let mut reasons = Vec::new();
+        check_injection(
+            product.unwrap_or(Product::RimabotulinumtoxinB),
+            assumed_total,
+            &doses,
+            &mut reasons,
+        );
+        let total_is_known = total_units.is_some();
+        self.reasons.extend(reasons.into_iter().filter(|reason| {
+            total_is_known
+                || (reason.field != "total_units"
+                    && !(reason.field == "muscles" && reason.reason.contains("add up")))
+        }));
+        None
     }
 
     /// Reads a count of units: a positive integer that fits the domain's
     /// `u32`. Zero passes here so the shared injection check reports it once.
-    fn units(&mut self, field: &str, units: i64) -> Option<u32> {
+    fn units(&mut self, field: impl FieldName, units: i64) -> Option<u32> {
         if units < 0 {
-            self.refuse(field, format!("must be an integer > 0, got {units}"));
+            self.refuse(field.name(), format!("must be an integer > 0, got {units}"));
             return None;
         }
         match u32::try_from(units) {
             Ok(units) => Some(units),
             Err(_) => {
-                self.refuse(field, format!("{units} is too large"));
+                self.refuse(field.name(), format!("{units} is too large"));
                 None
             }
         }
     }
 
-    fn muscle_dose(&mut self, index: usize, entry: RawField<RawMuscle>) -> Option<MuscleDose> {
-        let mut entry = self.required(&format!("muscles[{index}]"), entry)?;
+    fn muscle_dose<S: Text>(
+        &mut self,
+        index: usize,
+        entry: RawField<RawMuscle<S>>,
+    ) -> Option<MuscleDose> {
+        let mut entry = self.required(MuscleField(index, ""), entry)?;
         self.reasons.append(&mut entry.source_errors);
-        let muscle = self.required_parsed(
-            &format!("muscles[{index}].muscle"),
-            entry.muscle,
-            Muscle::parse,
-        );
-        let side = self.required_parsed(&format!("muscles[{index}].side"), entry.side, Side::parse);
-        let units_field = format!("muscles[{index}].units");
+        let muscle =
+            self.required_parsed(MuscleField(index, "muscle"), entry.muscle, Muscle::parse);
+        let side = self.required_parsed(MuscleField(index, "side"), entry.side, Side::parse);
+        let units_field = MuscleField(index, "units");
         let units = self
-            .required(&units_field, entry.units)
-            .and_then(|units| self.units(&units_field, units));
+            .required(units_field, entry.units)
+            .and_then(|units| self.units(units_field, units));
         Some(MuscleDose {
             muscle: muscle?,
             side: side?,
@@ -529,7 +574,7 @@ impl Validator {
         })
     }
 
-    fn response_assessed(&mut self, raw: RawEvent) -> Option<EventBody> {
+    fn response_assessed<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
         let injection_event_id =
             self.required_parsed("injection_event_id", raw.injection_event_id, EventId::parse);
         let rating = self.required_parsed("rating", raw.rating, crate::event::Rating::parse);
@@ -546,7 +591,7 @@ impl Validator {
         }))
     }
 
-    fn resistance_tested(&mut self, raw: RawEvent) -> Option<EventBody> {
+    fn resistance_tested<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
         let method = self.required_parsed("method", raw.method, ResistanceMethod::parse);
         let result = self.required_parsed("result", raw.result, ResistanceResult::parse);
         let titre = match self.optional("titre_mu_per_ml", raw.titre_mu_per_ml) {
@@ -571,6 +616,47 @@ impl Validator {
             titre_mu_per_ml: titre.ok()?,
         }))
     }
+}
+
+/// Reads `YYYY-MM-DD` (exactly that form) and checks the contract's range:
+/// from 1989-01-01 to today + 1 day, or with no upper bound for a stored
+/// event. Written out by hand because every replay reads one date per event
+/// and a general-purpose format parser costs more than the rest of the event.
+fn parse_date(text: &str, today: Option<ClinicalDate>) -> Result<ClinicalDate, String> {
+    let bytes = text.as_bytes();
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0u16, |value, digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| value * 10 + u16::from(digit - b'0'))
+        })
+    };
+    let date = if bytes.len() == 10 && bytes[4] == b'-' && bytes[7] == b'-' {
+        match (
+            number(&bytes[..4]),
+            number(&bytes[5..7]),
+            number(&bytes[8..]),
+        ) {
+            // Month and day have two digits: at most 99, a u8.
+            (Some(year), Some(month), Some(day)) => {
+                ClinicalDate::from_ymd(i32::from(year), month as u8, day as u8)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let Some(date) = date else {
+        return Err(format!("'{text}' is not a date in YYYY-MM-DD form"));
+    };
+    let latest = today.map(ClinicalDate::next_day);
+    if date < EARLIEST || latest.is_some_and(|latest| date > latest) {
+        let latest = latest.map_or_else(|| "today".to_owned(), |latest| latest.to_string());
+        return Err(format!(
+            "{date} is outside the allowed range {EARLIEST} to {latest}"
+        ));
+    }
+    Ok(date)
 }
 
 /// A year already checked to lie in 1900..=today's year, as the domain's i32.
@@ -607,7 +693,7 @@ mod tests {
 
     #[test]
     fn an_empty_raw_event_names_every_required_envelope_field() {
-        let refusal = validate(RawEvent::default(), today()).unwrap_err();
+        let refusal = validate(RawEvent::<String>::default(), today()).unwrap_err();
         let fields: Vec<_> = refusal.reasons.iter().map(|r| r.field.as_str()).collect();
         assert_eq!(
             fields,

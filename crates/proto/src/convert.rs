@@ -191,9 +191,221 @@ pub fn encode_event(event: &Event) -> Bytes {
 
 /// An event read back from the log. Checked again against the contract, but
 /// not against "today" (it was valid on the day it was written).
+///
+/// A replay decodes every stored event, so the records this crate writes
+/// are read by a small reader that borrows every string from `bytes` (no
+/// intermediate message, no copy but the event's own). Anything it does not
+/// expect (an unknown or repeated field, another wire type) is decoded by
+/// prost instead, which has the full protobuf semantics; both end in the
+/// same validation.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let message = v1::Event::decode(bytes)?;
-    Ok(validate_stored(raw_from_proto(message))?)
+    match borrowed::raw_event(bytes) {
+        Some(raw) => Ok(validate_stored(raw)?),
+        None => {
+            let message = v1::Event::decode(bytes)?;
+            Ok(validate_stored(raw_from_proto(message))?)
+        }
+    }
+}
+
+/// The fast reader of stored records: a raw event whose strings borrow from
+/// the record, or `None` for anything but the plain encoding `encode_event`
+/// writes (then prost decides).
+mod borrowed {
+    use domain::raw::{RawEvent, RawField, RawMuscle};
+
+    /// Protobuf wire types used by `toxaudit.v1.Event`.
+    const VARINT: u8 = 0;
+    const FIXED64: u8 = 1;
+    const LENGTH_DELIMITED: u8 = 2;
+
+    /// A cursor over one message's bytes.
+    struct Reader<'a> {
+        bytes: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        fn varint(&mut self) -> Option<u64> {
+            let mut value = 0u64;
+            for (index, byte) in self.bytes.iter().enumerate().take(10) {
+                value |= u64::from(byte & 0x7f) << (7 * index);
+                if byte & 0x80 == 0 {
+                    self.bytes = &self.bytes[index + 1..];
+                    return Some(value);
+                }
+            }
+            None
+        }
+
+        /// The next (field number, wire type), or `None` at the end.
+        fn key(&mut self) -> Option<Option<(u64, u8)>> {
+            if self.bytes.is_empty() {
+                return Some(None);
+            }
+            let key = self.varint()?;
+            // The low three bits of a key are the wire type.
+            Some(Some((key >> 3, (key & 0x7) as u8)))
+        }
+
+        fn length_delimited(&mut self) -> Option<&'a [u8]> {
+            let length = usize::try_from(self.varint()?).ok()?;
+            if length > self.bytes.len() {
+                return None;
+            }
+            let (field, rest) = self.bytes.split_at(length);
+            self.bytes = rest;
+            Some(field)
+        }
+
+        fn text(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.length_delimited()?).ok()
+        }
+
+        fn fixed64(&mut self) -> Option<u64> {
+            let (field, rest) = self.bytes.split_first_chunk::<8>()?;
+            self.bytes = rest;
+            Some(u64::from_le_bytes(*field))
+        }
+    }
+
+    /// Sets a field once: a repeated scalar field is left to prost.
+    fn once<T>(slot: &mut RawField<T>, value: RawField<T>) -> Option<()> {
+        if slot.is_given() {
+            return None;
+        }
+        *slot = value;
+        Some(())
+    }
+
+    /// A proto3 string: empty means not given, as in `raw_from_proto`.
+    fn text(value: &str) -> RawField<&str> {
+        if value.is_empty() {
+            RawField::Absent
+        } else {
+            RawField::Present(value)
+        }
+    }
+
+    pub(super) fn raw_event(bytes: &[u8]) -> Option<RawEvent<&str>> {
+        let mut reader = Reader { bytes };
+        let mut raw = RawEvent::default();
+        let mut has_body = false;
+        while let Some((field, wire)) = reader.key()? {
+            if wire != LENGTH_DELIMITED {
+                return None;
+            }
+            match field {
+                1 => once(&mut raw.event_id, text(reader.text()?))?,
+                2 => once(&mut raw.centre, text(reader.text()?))?,
+                3 => once(&mut raw.patient, text(reader.text()?))?,
+                4 => once(&mut raw.occurred_on, text(reader.text()?))?,
+                10..=16 if !has_body => {
+                    has_body = true;
+                    body(field, reader.length_delimited()?, &mut raw)?;
+                }
+                _ => return None,
+            }
+        }
+        Some(raw)
+    }
+
+    fn body<'a>(field: u64, bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
+        let event_type = match field {
+            10 => "patient_registered",
+            11 => "injection_administered",
+            12 => "response_assessed",
+            13 => "resistance_tested",
+            14 => "referral_made",
+            15 => "treatment_discontinued",
+            _ => "event_voided",
+        };
+        raw.event_type = RawField::Present(event_type);
+        if field == 11 {
+            // proto3 scalars that are not `optional` read as zero when left
+            // out, and the muscles as an empty list, as prost reads them.
+            raw.total_units = RawField::Present(0);
+            raw.muscles = RawField::Present(Vec::new());
+        }
+        let mut reader = Reader { bytes };
+        while let Some((number, wire)) = reader.key()? {
+            match (field, number, wire) {
+                // patient_registered: int32 birth_year, string sex, int32 onset_year.
+                // An int32 is read as prost reads it: the low 32 bits.
+                (10, 1, VARINT) => once(
+                    &mut raw.birth_year,
+                    RawField::Present(i64::from(reader.varint()? as i32)),
+                )?,
+                (10, 2, LENGTH_DELIMITED) => {
+                    // `optional string`: present even when empty.
+                    once(&mut raw.sex, RawField::Present(reader.text()?))?
+                }
+                (10, 3, VARINT) => once(
+                    &mut raw.onset_year,
+                    RawField::Present(i64::from(reader.varint()? as i32)),
+                )?,
+                (11, 1, LENGTH_DELIMITED) => once(&mut raw.product, text(reader.text()?))?,
+                (11, 2, VARINT) => {
+                    raw.total_units = RawField::Present(i64::from(reader.varint()? as u32));
+                }
+                (11, 3, LENGTH_DELIMITED) => once(&mut raw.guidance, text(reader.text()?))?,
+                (11, 4, LENGTH_DELIMITED) => {
+                    let dose = muscle(reader.length_delimited()?)?;
+                    if let RawField::Present(muscles) = &mut raw.muscles {
+                        muscles.push(RawField::Present(dose));
+                    }
+                }
+                (12, 1, LENGTH_DELIMITED) => {
+                    once(&mut raw.injection_event_id, text(reader.text()?))?
+                }
+                (12, 2, LENGTH_DELIMITED) => once(&mut raw.rating, text(reader.text()?))?,
+                (12, 3, VARINT) => once(
+                    &mut raw.percent_improvement,
+                    RawField::Present(i64::from(reader.varint()? as u32)),
+                )?,
+                (12, 4, VARINT) => once(
+                    &mut raw.benefit_weeks,
+                    RawField::Present(i64::from(reader.varint()? as u32)),
+                )?,
+                (12, 5, VARINT) => once(
+                    &mut raw.twstrs_total,
+                    RawField::Present(i64::from(reader.varint()? as u32)),
+                )?,
+                (13, 1, LENGTH_DELIMITED) => once(&mut raw.method, text(reader.text()?))?,
+                (13, 2, LENGTH_DELIMITED) => once(&mut raw.result, text(reader.text()?))?,
+                (13, 3, FIXED64) => once(
+                    &mut raw.titre_mu_per_ml,
+                    RawField::Present(f64::from_bits(reader.fixed64()?)),
+                )?,
+                (14, 1, LENGTH_DELIMITED) => once(&mut raw.target, text(reader.text()?))?,
+                (15, 1, LENGTH_DELIMITED) => once(&mut raw.reason, text(reader.text()?))?,
+                (16, 1, LENGTH_DELIMITED) => once(&mut raw.target_event_id, text(reader.text()?))?,
+                (16, 2, LENGTH_DELIMITED) => once(&mut raw.reason, text(reader.text()?))?,
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+
+    fn muscle(bytes: &[u8]) -> Option<RawMuscle<&str>> {
+        let mut reader = Reader { bytes };
+        let mut dose = RawMuscle {
+            units: RawField::Present(0),
+            ..RawMuscle::default()
+        };
+        let mut units_seen = false;
+        while let Some((number, wire)) = reader.key()? {
+            match (number, wire) {
+                (1, LENGTH_DELIMITED) => once(&mut dose.muscle, text(reader.text()?))?,
+                (2, LENGTH_DELIMITED) => once(&mut dose.side, text(reader.text()?))?,
+                (3, VARINT) if !units_seen => {
+                    units_seen = true;
+                    dose.units = RawField::Present(i64::from(reader.varint()? as u32));
+                }
+                _ => return None,
+            }
+        }
+        Some(dose)
+    }
 }
 
 /// A stored record as a [`RecordedEvent`]: the log's facts and the decoded
@@ -282,6 +494,57 @@ mod tests {
             decode_event(&message.encode_to_vec()),
             Err(DecodeError::Invalid(_))
         ));
+    }
+
+    /// The prost path of `decode_event`, for comparing with the fast reader.
+    fn decode_with_prost(bytes: &[u8]) -> Result<Event, String> {
+        let message = v1::Event::decode(bytes).map_err(|error| error.to_string())?;
+        validate_stored(raw_from_proto(message)).map_err(|refusal| refusal.to_string())
+    }
+
+    #[test]
+    fn records_the_fast_reader_does_not_expect_go_through_prost() {
+        let event = domain::ndjson::parse_line(INJECTION, today()).unwrap();
+        let mut bytes = encode_event(&event).to_vec();
+        // An unknown field 99 (varint 5), which prost skips.
+        bytes.extend_from_slice(&[0x98, 0x06, 0x05]);
+        assert!(borrowed::raw_event(&bytes).is_none());
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+        // event_id twice: proto3 keeps the last.
+        let mut bytes = encode_event(&event).to_vec();
+        bytes.extend_from_slice(&[0x0a, 0x03, b'e', b'-', b'9']);
+        assert_eq!(decode_event(&bytes).unwrap().event_id.as_str(), "e-9");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_reader_agrees_with_prost_on_damaged_records(
+            line in 0..3usize,
+            cut in 0..200usize,
+            flips in proptest::collection::vec((0..200usize, 0..=255u8), 0..4),
+        ) {
+            let lines = [
+                INJECTION,
+                r#"{"event_id":"e-3","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"response_assessed","injection_event_id":"e-2","rating":"good","percent_improvement":60}"#,
+                r#"{"event_id":"e-4","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"resistance_tested","method":"mhda","result":"positive","titre_mu_per_ml":1.5}"#,
+            ];
+            let event = domain::ndjson::parse_line(lines[line], today()).unwrap();
+            let mut bytes = encode_event(&event).to_vec();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let fast = decode_event(&bytes).map_err(|error| match error {
+                DecodeError::Invalid(refusal) => refusal.to_string(),
+                DecodeError::Protobuf(error) => error.to_string(),
+            });
+            let slow = decode_with_prost(&bytes);
+            proptest::prop_assert_eq!(fast.is_ok(), slow.is_ok());
+            if let (Ok(fast), Ok(slow)) = (&fast, &slow) {
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
     }
 
     #[test]

@@ -605,7 +605,7 @@ fn titre_is_finite() {
     // through the same validation.
     let today = ClinicalDate::from_ymd(2026, 11, 25).unwrap();
     for titre in [f64::NAN, f64::INFINITY] {
-        let raw = RawEvent {
+        let raw: RawEvent = RawEvent {
             event_id: RawField::Present("e-1".into()),
             centre: RawField::Present("leeds".into()),
             patient: RawField::Present("L-1".into()),
