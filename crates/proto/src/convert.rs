@@ -41,6 +41,17 @@ impl From<&Event> for v1::Event {
     }
 }
 
+impl From<&RecordedEvent> for v1::RecordedEvent {
+    fn from(recorded: &RecordedEvent) -> Self {
+        v1::RecordedEvent {
+            position: recorded.position,
+            recorded_at: domain::ndjson::rfc3339_from_micros(recorded.recorded_at_micros),
+            recorded_by: recorded.recorded_by.clone(),
+            event: Some(v1::Event::from(&recorded.event)),
+        }
+    }
+}
+
 fn body_to_proto(body: &EventBody) -> v1::event::Body {
     use v1::event::Body;
     match body {
@@ -545,6 +556,18 @@ mod tests {
                 proptest::prop_assert_eq!(fast, slow);
             }
         }
+    }
+
+    #[test]
+    fn a_recorded_event_carries_the_log_facts_on_the_wire() {
+        let event = domain::ndjson::parse_line(INJECTION, today()).unwrap();
+        let recorded =
+            recorded_from_parts(7, 1_764_095_700_123_456, "clerk", &encode_event(&event)).unwrap();
+        let message = v1::RecordedEvent::from(&recorded);
+        assert_eq!(message.position, 7);
+        assert_eq!(message.recorded_at, "2025-11-25T18:35:00.123456Z");
+        assert_eq!(message.recorded_by, "clerk");
+        assert_eq!(message.event, Some(v1::Event::from(&event)));
     }
 
     #[test]
