@@ -237,10 +237,10 @@ impl Assessment {
                 None::<FollowError>,
             ),
             |(projection, failure), record| {
-                if failure.is_none() {
-                    if let Err(error) = projection.fold(&record) {
-                        *failure = Some(error);
-                    }
+                if failure.is_none()
+                    && let Err(error) = projection.fold(&record)
+                {
+                    *failure = Some(error);
                 }
             },
         )

@@ -72,21 +72,19 @@ impl Ingest {
         checkpoint_directory: &std::path::Path,
         rebuild: bool,
     ) -> Result<Self, IngestError> {
-        let mut failure = None;
-        let (checkpointer, (admitted, failure_seen)) = Checkpointer::open(
+        let (checkpointer, (admitted, failure)) = Checkpointer::open(
             checkpoint_directory,
             rebuild,
             (state::Admitted::default(), None::<String>),
-            move |(admitted, failure), record| {
-                if failure.is_none() {
-                    if let Err(reason) = admitted.fold(&record) {
-                        *failure = Some(format!("position {}: {reason}", record.position));
-                    }
+            |(admitted, failure), record| {
+                if failure.is_none()
+                    && let Err(reason) = admitted.fold(&record)
+                {
+                    *failure = Some(format!("position {}: {reason}", record.position));
                 }
             },
         )
         .await?;
-        failure = failure.or(failure_seen);
         if let Some(reason) = failure {
             return Err(IngestError::Fold(reason));
         }

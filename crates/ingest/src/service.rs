@@ -48,14 +48,14 @@ impl IngestService {
         let writer = writer_scope(principal)?;
         // A clinician writing another centre is refused as a whole, before
         // any validation, as PERMISSION_DENIED.
-        if let WriterScope::Centre(own) = &writer {
-            if let Some(foreign) = events.iter().find(|event| event.centre != own.as_str()) {
-                return Err(ServiceError::PermissionDenied(format!(
-                    "a clinician of centre {own} may not write events of centre '{}' (event {})",
-                    foreign.centre, foreign.event_id
-                ))
-                .into_status());
-            }
+        if let WriterScope::Centre(own) = &writer
+            && let Some(foreign) = events.iter().find(|event| event.centre != own.as_str())
+        {
+            return Err(ServiceError::PermissionDenied(format!(
+                "a clinician of centre {own} may not write events of centre '{}' (event {})",
+                foreign.centre, foreign.event_id
+            ))
+            .into_status());
         }
         let today = ClinicalDate::from_date(time::OffsetDateTime::now_utc().date());
         let parsed = events

@@ -137,12 +137,23 @@ impl GrpcServer {
             None => None,
         };
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
             .map_err(|error| ServerError::Reflection(error.to_string()))?;
-        let routes = routes.add_service(health_service).add_service(reflection);
+        // v1alpha too: many clients (grpcio's reflection database, older
+        // grpcurl) still ask for it.
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|error| ServerError::Reflection(error.to_string()))?;
+        let routes = routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         Ok(Self {
             listener,
             local_addr,

@@ -114,6 +114,36 @@ impl AsyncFold for ProjectionFold {
     }
 }
 
+/// A read-only handle on the live projection, for the dashboard
+/// ([`crate::http`]): the report, the log position it reflects, and one
+/// patient's assessment, always from the same fold the RPCs read.
+#[derive(Debug, Clone)]
+pub struct LiveReport {
+    projection: Arc<Projection>,
+}
+
+impl LiveReport {
+    /// The report and the last log position folded into it.
+    pub fn report(&self) -> (u64, AuditReport) {
+        self.projection.report()
+    }
+
+    /// The last log position folded in; it changes after every fold.
+    pub fn positions(&self) -> watch::Receiver<u64> {
+        self.projection.position.subscribe()
+    }
+
+    /// One patient's assessment as folded so far.
+    pub fn patient(&self, key: &domain::PatientKey) -> Option<domain::audit::PatientAssessment> {
+        let cohort = self
+            .projection
+            .cohort
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cohort.patient(key)
+    }
+}
+
 /// The reporting projection and its service, ready to be served.
 #[derive(Debug)]
 pub struct Reporting {
@@ -136,10 +166,10 @@ impl Reporting {
             rebuild,
             (Cohort::new(parameters), None::<FollowError>),
             |(cohort, failure), record| {
-                if failure.is_none() {
-                    if let Err(error) = fold_record(cohort, &record) {
-                        *failure = Some(error);
-                    }
+                if failure.is_none()
+                    && let Err(error) = fold_record(cohort, &record)
+                {
+                    *failure = Some(error);
                 }
             },
         )
@@ -156,6 +186,13 @@ impl Reporting {
             checkpointer,
             log,
         })
+    }
+
+    /// The live projection, for the dashboard.
+    pub fn live(&self) -> LiveReport {
+        LiveReport {
+            projection: Arc::clone(&self.projection),
+        }
     }
 
     /// The tonic service, behind the bearer-token check.
@@ -343,6 +380,11 @@ pub async fn build(config: ReportingConfig) -> Result<Application, ReportingErro
 impl Application {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The live projection, for the dashboard.
+    pub fn live(&self) -> LiveReport {
+        self.reporting.live()
     }
 
     /// Serves and follows the log until `shutdown`.
