@@ -4,3 +4,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 "$here/ensure-nats-server.sh" >/dev/null
+# Python grpcio for the foreign-client test (tests/e2e/services.rs runs scripts/grpc_probe.py).
+if ! python3 -c "import grpc, grpc_reflection, grpc_health" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check \
+        grpcio grpcio-reflection grpcio-health-checking >&2
+fi

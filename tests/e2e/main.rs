@@ -1,1 +1,3 @@
 //! End-to-end tests: the toxaudit binary and its services as real processes.
+
+mod services;
