@@ -337,10 +337,19 @@ impl ReportingRpc for ReportingService {
                     last_sent = Some(report);
                 }
                 // Bounded rate: whatever changes during the pause is folded
-                // into one report after it.
-                tokio::time::sleep(pace).await;
-                if changes.changed().await.is_err() {
-                    return;
+                // into one report after it. A caller that goes away ends the
+                // task at once, not at the next change.
+                tokio::select! {
+                    () = sender.closed() => return,
+                    () = tokio::time::sleep(pace) => {}
+                }
+                tokio::select! {
+                    () = sender.closed() => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         });

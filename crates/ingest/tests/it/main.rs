@@ -1,0 +1,235 @@
+//! Ingest over gRPC on a real (embedded) log: given a log, when a batch is
+//! appended, then positions, warnings or every reason come back, and the
+//! log holds all of the batch or none of it.
+
+use std::{sync::Arc, time::Duration};
+
+use eventlog::{EmbeddedLog, EmbeddedOptions, EventLog};
+use proto::v1::{Event, InjectionAdministered, MuscleDose, PatientRegistered, event::Body};
+use service_kit::{JwtSecret, Role, ServiceClient, Shutdown, client::refused_events};
+
+const SECRET: &[u8] = b"an ingest test secret, long enough";
+
+struct Running {
+    client: ServiceClient,
+    log: Arc<dyn EventLog>,
+    trigger: service_kit::ShutdownTrigger,
+    task: tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+}
+
+impl Running {
+    async fn start(
+        log: Arc<dyn EventLog>,
+        checkpoints: &std::path::Path,
+        role: Role,
+    ) -> anyhow::Result<Running> {
+        let secret = Arc::new(JwtSecret::from_bytes(SECRET)?);
+        let application = ingest::build(ingest::IngestConfig {
+            log: Arc::clone(&log),
+            secret: Arc::clone(&secret),
+            grpc_address: "127.0.0.1:0".to_owned(),
+            tls: None,
+            checkpoint_directory: checkpoints.to_owned(),
+            rebuild: false,
+        })
+        .await?;
+        let url = format!("http://{}", application.local_addr());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(application.run_until_stopped(shutdown));
+        let token = secret.issue("dr-test", "leeds", role, Duration::from_secs(300))?;
+        let client = ServiceClient::connect(&url, &token, None).await?;
+        Ok(Running {
+            client,
+            log,
+            trigger,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.trigger.trigger();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+fn registered(event_id: &str, patient: &str) -> Event {
+    Event {
+        event_id: event_id.to_owned(),
+        centre: "leeds".to_owned(),
+        patient: patient.to_owned(),
+        occurred_on: "2020-01-06".to_owned(),
+        body: Some(Body::PatientRegistered(PatientRegistered::default())),
+    }
+}
+
+fn injected(event_id: &str, patient: &str, occurred_on: &str, units: u32) -> Event {
+    Event {
+        event_id: event_id.to_owned(),
+        centre: "leeds".to_owned(),
+        patient: patient.to_owned(),
+        occurred_on: occurred_on.to_owned(),
+        body: Some(Body::InjectionAdministered(InjectionAdministered {
+            product: "onabotulinumtoxinA".to_owned(),
+            total_units: units,
+            guidance: "emg".to_owned(),
+            muscles: vec![MuscleDose {
+                muscle: "sternocleidomastoid".to_owned(),
+                side: "left".to_owned(),
+                units,
+            }],
+        })),
+    }
+}
+
+fn embedded(directory: &std::path::Path) -> anyhow::Result<Arc<dyn EventLog>> {
+    Ok(Arc::new(EmbeddedLog::open(
+        directory.join("log"),
+        EmbeddedOptions::default(),
+    )?))
+}
+
+#[tokio::test]
+async fn a_batch_is_checked_as_if_each_event_were_appended_before_the_next() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+    // The injection needs the registration of the same batch.
+    let response = running
+        .client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-2", "L-1", "2020-02-01", 400),
+        ])
+        .await?;
+    let positions: Vec<_> = response.outcomes.iter().map(|o| o.position).collect();
+    assert_eq!(positions, vec![1, 2]);
+    // 400 units is above the label maximum: accepted with a warning.
+    assert_eq!(response.outcomes[1].warnings[0].field, "total_units");
+
+    // Sent again: duplicates, nothing new.
+    let again = running
+        .client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-2", "L-1", "2020-02-01", 400),
+        ])
+        .await?;
+    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
+    assert_eq!(running.log.head().await?, 2);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_refused_batch_appends_nothing_and_names_every_reason() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Admin,
+    )
+    .await?;
+    // The first two would be accepted; the third (unregistered patient) and
+    // the fourth (bad date, bad units) are not: nothing is appended.
+    let status = running
+        .client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-2", "L-1", "2020-02-01", 200),
+            injected("e-3", "L-2", "2020-02-01", 200),
+            injected("e-4", "L-1", "1980-13-01", 0),
+        ])
+        .await
+        .expect_err("a batch with refused events was appended");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let details = refused_events(&status).expect("refusal details");
+    let refused: Vec<_> = details.events.iter().map(|event| event.index).collect();
+    assert_eq!(refused, vec![2, 3]);
+    let fields: Vec<_> = details.events[1]
+        .reasons
+        .iter()
+        .map(|reason| reason.field.as_str())
+        .collect();
+    assert!(fields.contains(&"occurred_on"), "{fields:?}");
+    assert!(fields.contains(&"total_units"), "{fields:?}");
+    assert_eq!(running.log.head().await?, 0);
+
+    // The refused batch left nothing behind in the admission state either:
+    // e-1 and e-2 were never stored, so they are accepted now, not
+    // duplicates, and L-2 is still unknown.
+    let response = running
+        .client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-2", "L-1", "2020-02-01", 200),
+        ])
+        .await?;
+    assert!(response.outcomes.iter().all(|outcome| !outcome.duplicate));
+    let status = running
+        .client
+        .append(vec![injected("e-3", "L-2", "2020-02-01", 200)])
+        .await
+        .expect_err("an unregistered patient was accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // The same id with other content: a conflict, the first one stays.
+    let status = running
+        .client
+        .append(vec![injected("e-2", "L-1", "2020-02-02", 200)])
+        .await
+        .expect_err("a conflict was accepted");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert_eq!(running.log.head().await?, 2);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_checkpoint() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let checkpoints = directory.path().join("checkpoint");
+    let log = embedded(directory.path())?;
+    let running = Running::start(Arc::clone(&log), &checkpoints, Role::Admin).await?;
+    running
+        .client
+        .append(vec![registered("e-1", "L-1")])
+        .await?;
+    running.stop().await?;
+    let marker = std::fs::read_to_string(checkpoints.join("checkpoint.json"))?;
+    assert!(marker.contains("\"position\":1"), "{marker}");
+
+    // After the restart the admission state still knows L-1 (from the
+    // checkpoint) and e-1.
+    let running = Running::start(log, &checkpoints, Role::Admin).await?;
+    let response = running
+        .client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-2", "L-1", "2020-02-01", 200),
+        ])
+        .await?;
+    assert!(response.outcomes[0].duplicate);
+    assert_eq!(response.outcomes[1].position, 2);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn an_auditor_cannot_write() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Auditor,
+    )
+    .await?;
+    let status = running
+        .client
+        .append(vec![registered("e-1", "L-1")])
+        .await
+        .expect_err("an auditor wrote");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    running.stop().await
+}
