@@ -7,5 +7,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod http;
 pub mod render;
 pub mod service;
