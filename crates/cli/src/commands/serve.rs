@@ -10,7 +10,9 @@ use anyhow::Context;
 use domain::audit::RuleParameters;
 use service_kit::Shutdown;
 
-use super::up::{ServiceOptions, Settings, run_component, service_runtime, stop_on_signal};
+use super::up::{
+    SecretPolicy, ServiceOptions, Settings, run_component, service_runtime, stop_on_signal,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Service {
@@ -29,7 +31,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&args.options, None)?;
+    let settings = Settings::resolve(&args.options, None, SecretPolicy::Require)?;
     let runtime = service_runtime()?;
     runtime.block_on(serve(args.service, settings))?;
     Ok(ExitCode::SUCCESS)

@@ -34,9 +34,14 @@ struct IssueArgs {
     /// How long the token is valid: e.g. 8h, 30m, 7d.
     #[arg(long, default_value = "8h", value_parser = parse_ttl)]
     ttl: std::time::Duration,
-    /// File holding the signing secret (else TOXAUDIT_JWT_SECRET).
+    /// File holding the signing secret (else TOXAUDIT_JWT_SECRET, else the
+    /// secret `toxaudit up` created in its data directory).
     #[arg(long, env = "TOXAUDIT_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    /// The data directory of `toxaudit up`, whose `jwt.secret` is used when
+    /// no other secret is given.
+    #[arg(long, env = "TOXAUDIT_DATA_DIR", default_value = super::up::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,8 +51,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 domain::Centre::parse(&issue.centre)
                     .map_err(|reason| anyhow::anyhow!("--centre: {reason}"))?;
             }
-            let secret = JwtSecret::load(issue.jwt_secret_file.as_deref())
-                .context("loading the token secret")?;
+            let local = super::up::local_secret_file(&issue.data_dir);
+            let secret_file = match issue.jwt_secret_file {
+                Some(path) => Some(path),
+                None if std::env::var_os(service_kit::auth::JWT_SECRET_ENV).is_some() => None,
+                None if local.exists() => Some(local),
+                None => None,
+            };
+            let secret =
+                JwtSecret::load(secret_file.as_deref()).context("loading the token secret")?;
             let subject = issue
                 .sub
                 .unwrap_or_else(|| format!("{}@{}", issue.role, issue.centre));

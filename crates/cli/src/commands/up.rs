@@ -75,6 +75,59 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
 }
 
+/// What to do when no token secret is configured at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretPolicy {
+    /// Refuse to start (`serve`: a deployment must say which secret it uses).
+    Require,
+    /// Use `<data-dir>/jwt.secret`, creating it with a random secret the
+    /// first time (`up`: it must run with no arguments at all).
+    GenerateInDataDir,
+}
+
+/// The secret file `up` creates in its data directory when none is configured.
+pub fn local_secret_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("jwt.secret")
+}
+
+/// Creates `path` with 32 random bytes (hex) readable by the owner only,
+/// unless it exists.
+fn ensure_local_secret(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut source| source.read_exact(&mut random))
+        .context("reading /dev/urandom for a token secret")?;
+    let text: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating the token secret {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing the token secret {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "no token secret configured: created one; issue tokens with toxaudit token issue --jwt-secret-file"
+    );
+    eprintln!(
+        "toxaudit: no token secret configured; created {} (issue tokens with: toxaudit token issue --jwt-secret-file {} --centre C --role R)",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 /// The configuration after file, environment and flags are merged.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -89,7 +142,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(options: &ServiceOptions, http_addr: Option<&str>) -> anyhow::Result<Self> {
+    pub fn resolve(
+        options: &ServiceOptions,
+        http_addr: Option<&str>,
+        secret_policy: SecretPolicy,
+    ) -> anyhow::Result<Self> {
         let file = match &options.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -99,9 +156,25 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let data_dir = options
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let jwt_secret_file = options.jwt_secret_file.clone().or(file.jwt_secret_file);
-        let secret =
-            JwtSecret::load(jwt_secret_file.as_deref()).context("loading the token secret")?;
+        let secret = match jwt_secret_file {
+            Some(path) => JwtSecret::load(Some(&path)),
+            None if std::env::var_os(service_kit::auth::JWT_SECRET_ENV).is_some() => {
+                JwtSecret::load(None)
+            }
+            None if secret_policy == SecretPolicy::GenerateInDataDir => {
+                let path = local_secret_file(&data_dir);
+                ensure_local_secret(&path)?;
+                JwtSecret::load(Some(&path))
+            }
+            None => JwtSecret::load(None),
+        }
+        .context("loading the token secret")?;
         let tls = match (
             options.tls_cert.clone().or(file.tls_cert),
             options.tls_key.clone().or(file.tls_key),
@@ -114,11 +187,7 @@ impl Settings {
             _ => anyhow::bail!("tls needs both a certificate and a private key"),
         };
         Ok(Self {
-            data_dir: options
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             grpc_addr: options
                 .grpc_addr
                 .clone()
@@ -241,7 +310,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.http_addr.as_deref())
     };
-    let settings = Settings::resolve(&args.service, http_addr.flatten())?;
+    let settings = Settings::resolve(
+        &args.service,
+        http_addr.flatten(),
+        SecretPolicy::GenerateInDataDir,
+    )?;
     let runtime = service_runtime()?;
     runtime.block_on(up(settings, http_addr.is_some()))?;
     Ok(ExitCode::SUCCESS)
