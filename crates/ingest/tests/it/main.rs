@@ -233,3 +233,54 @@ async fn an_auditor_cannot_write() -> anyhow::Result<()> {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     running.stop().await
 }
+
+#[tokio::test]
+async fn a_stream_of_batches_appends_each_in_order() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+    let batches = vec![
+        proto::v1::AppendRequest {
+            events: vec![registered("e-1", "L-1")],
+        },
+        proto::v1::AppendRequest {
+            events: vec![injected("e-2", "L-1", "2020-02-01", 200)],
+        },
+    ];
+    let response = running
+        .client
+        .ingest()
+        .append_stream(futures::stream::iter(batches))
+        .await?
+        .into_inner();
+    let positions: Vec<_> = response.outcomes.iter().map(|o| o.position).collect();
+    assert_eq!(positions, vec![1, 2]);
+    assert_eq!(response.head, 2);
+
+    // A refused batch ends the stream; the batches before it stay.
+    let batches = vec![
+        proto::v1::AppendRequest {
+            events: vec![registered("e-3", "L-3")],
+        },
+        proto::v1::AppendRequest {
+            events: vec![injected("e-4", "L-9", "2020-02-01", 200)],
+        },
+    ];
+    let status = running
+        .client
+        .ingest()
+        .append_stream(futures::stream::iter(batches))
+        .await
+        .expect_err("a refused batch was appended");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused_events(&status).expect("details").committed_events,
+        1
+    );
+    assert_eq!(running.log.head().await?, 3);
+    running.stop().await
+}
