@@ -28,16 +28,23 @@ pub struct Args {
     service: Service,
     #[command(flatten)]
     options: ServiceOptions,
+    /// reporting only: also serve the dashboard, its API, /metrics and /healthz on this HOST:PORT.
+    #[arg(long, env = "TOXAUDIT_HTTP_ADDR")]
+    http_addr: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args.options, None, SecretPolicy::Require)?;
     let runtime = service_runtime()?;
-    runtime.block_on(serve(args.service, settings))?;
+    runtime.block_on(serve(args.service, settings, args.http_addr))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(service: Service, settings: Settings) -> anyhow::Result<()> {
+async fn serve(
+    service: Service,
+    settings: Settings,
+    http_addr: Option<String>,
+) -> anyhow::Result<()> {
     let log = settings.open_log().await?;
     let parameters = RuleParameters::default();
     let (trigger, shutdown) = Shutdown::new();
@@ -100,7 +107,7 @@ async fn serve(service: Service, settings: Settings) -> anyhow::Result<()> {
         }
         Service::Reporting => {
             let application = reporting::service::build(reporting::service::ReportingConfig {
-                log,
+                log: Arc::clone(&log),
                 secret: Arc::clone(&settings.secret),
                 grpc_address: settings.grpc_addr.clone(),
                 tls: settings.tls.clone(),
@@ -114,15 +121,45 @@ async fn serve(service: Service, settings: Settings) -> anyhow::Result<()> {
                 "listening grpc {scheme}://{} (reporting)",
                 application.local_addr()
             );
-            let ((), outcome) = tokio::join!(
+            let http = match &http_addr {
+                Some(address) => {
+                    let http = reporting::http::DashboardServer::bind(
+                        address,
+                        reporting::http::DashboardConfig {
+                            live: application.live(),
+                            log,
+                            secret: Arc::clone(&settings.secret),
+                        },
+                    )
+                    .await?;
+                    println!("dashboard {}", http.url());
+                    Some(http)
+                }
+                None => None,
+            };
+            let http_run = async {
+                match http {
+                    Some(http) => {
+                        run_component(
+                            "http",
+                            Arc::clone(&trigger),
+                            http.run_until_stopped(shutdown.clone()),
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let ((), outcome, http) = tokio::join!(
                 signal,
                 run_component(
                     "reporting",
-                    trigger,
-                    application.run_until_stopped(shutdown)
-                )
+                    Arc::clone(&trigger),
+                    application.run_until_stopped(shutdown.clone())
+                ),
+                http_run,
             );
-            outcome
+            outcome.and(http)
         }
     }
 }

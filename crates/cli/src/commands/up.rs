@@ -10,8 +10,9 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use domain::audit::RuleParameters;
 use eventlog::{EmbeddedLog, EmbeddedOptions, EventLog, JetStreamLog, JetStreamOptions};
+use reporting::http::{DashboardConfig, DashboardServer};
 use service_kit::{
-    DerivedBus, GrpcServer, JwtSecret, Shutdown, ShutdownTrigger, TlsFiles, http::HttpServer,
+    DerivedBus, GrpcServer, JwtSecret, Shutdown, ShutdownTrigger, TlsFiles,
     server::terminate_signal,
 };
 use tonic::service::Routes;
@@ -265,7 +266,7 @@ impl Settings {
 pub struct Args {
     #[command(flatten)]
     service: ServiceOptions,
-    /// HTTP address for /healthz, HOST:PORT [default: 127.0.0.1:8080].
+    /// HTTP address of the dashboard, its API, /metrics and /healthz, HOST:PORT [default: 127.0.0.1:8080].
     #[arg(long, env = "TOXAUDIT_HTTP_ADDR")]
     http_addr: Option<String>,
     /// Do not serve HTTP at all.
@@ -377,8 +378,20 @@ async fn up(settings: Settings, serve_http: bool) -> anyhow::Result<()> {
         }
     );
     let http = if serve_http {
-        let http = HttpServer::bind(&settings.http_addr, Arc::clone(&log)).await?;
-        println!("listening http http://{}/healthz", http.local_addr());
+        let http = DashboardServer::bind(
+            &settings.http_addr,
+            DashboardConfig {
+                live: reporting.live(),
+                log: Arc::clone(&log),
+                secret: Arc::clone(&settings.secret),
+            },
+        )
+        .await?;
+        println!(
+            "listening http http://{} (dashboard, /api/report, /api/stream, /metrics, /healthz)",
+            http.local_addr()
+        );
+        println!("dashboard {}", http.url());
         Some(http)
     } else {
         None
@@ -391,7 +404,7 @@ async fn up(settings: Settings, serve_http: bool) -> anyhow::Result<()> {
                 run_component(
                     "http",
                     Arc::clone(&trigger),
-                    http.run_until_stopped(shutdown.clone().wait()),
+                    http.run_until_stopped(shutdown.clone()),
                 )
                 .await
             }
