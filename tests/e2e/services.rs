@@ -759,3 +759,48 @@ async fn a_python_grpc_client_lists_services_checks_health_and_reads_the_report(
     assert_eq!(report["scopes"]["leeds"]["patients"], 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_up_gracefully_with_its_checkpoints_committed() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let mut service = up(directory.path())?;
+    let admin = token("leeds", "admin")?;
+    service
+        .client(&admin)
+        .await?
+        .append(vec![
+            registration("e-1", "leeds", "L-1"),
+            registration("e-2", "leeds", "L-2"),
+        ])
+        .await?;
+    let sent = Command::new("kill")
+        .args(["-TERM", &service.child.id().to_string()])
+        .status()?;
+    ensure!(sent.success(), "kill -TERM failed");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = service.child.try_wait()? {
+            break status;
+        }
+        ensure!(started.elapsed() < DEADLINE, "up did not stop on SIGTERM");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    assert!(status.success(), "up exited with {status}");
+    assert!(
+        service.log().contains("sigterm received"),
+        "{}",
+        service.log()
+    );
+
+    // Every projection committed what it had folded: the restart resumes
+    // after position 2, for all three.
+    service.restart()?;
+    let log = service.log();
+    let resumed = log
+        .lines()
+        .filter(|line| line.contains("projection resumed from checkpoint"))
+        .filter(|line| line.contains("checkpoint_position=2"))
+        .count();
+    assert_eq!(resumed, 3, "{log}");
+    Ok(())
+}
