@@ -1,3 +1,4 @@
 //! End-to-end tests: the toxaudit binary and its services as real processes.
 
+mod multisite;
 mod services;

@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 
 pub mod embedded;
 pub mod jetstream;
+pub mod network;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use jetstream::{BatchMode, JetStreamLog, JetStreamOptions};

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod nats;
+pub mod topology;
 
 pub use nats::{NatsServer, ServerPorts, free_port, nats_server_binary};

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Renders a toxaudit NATS config template: every {{key}} is replaced by the
+# value given as key=value. Fails when a placeholder is left unfilled, so a
+# config never reaches nats-server half rendered. Prints to stdout.
+#
+#   deploy/nats/render.sh deploy/nats/leaf.conf.template centre=leeds \
+#       server_name=leeds-leaf client_listen=0.0.0.0:4222 ... > leeds.conf
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+    echo "usage: render.sh TEMPLATE [key=value]..." >&2
+    exit 64
+fi
+template="$1"
+shift
+text="$(cat "$template")"
+for assignment in "$@"; do
+    key="${assignment%%=*}"
+    value="${assignment#*=}"
+    if [[ "$key" == "$assignment" || ! "$key" =~ ^[a-z_]+$ ]]; then
+        echo "render.sh: '$assignment' is not key=value with a key of [a-z_]" >&2
+        exit 64
+    fi
+    text="${text//\{\{$key\}\}/$value}"
+done
+if left="$(grep -o '{{[a-z_]*}}' <<<"$text" | sort -u | tr '\n' ' ')" && [[ -n "$left" ]]; then
+    echo "render.sh: $template: no value for ${left}" >&2
+    exit 65
+fi
+printf '%s\n' "$text"
