@@ -30,8 +30,7 @@ deps: ## install what the tests need: nats-server >= 2.11, Python grpcio
 
 .PHONY: test
 test: deps ## run every test (installs what is missing first)
-	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) test --workspace --all-targets
-	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) test --workspace --doc
+	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) test --workspace
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors
