@@ -440,3 +440,74 @@ async fn up(settings: Settings, serve_http: bool) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        service: ServiceOptions,
+    }
+
+    fn options(arguments: &[&str]) -> ServiceOptions {
+        Command::parse_from(std::iter::once("toxaudit").chain(arguments.iter().copied())).service
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_the_defaults() {
+        let directory = tempfile::tempdir().unwrap();
+        let secret = directory.path().join("secret");
+        std::fs::write(&secret, "a secret from a file, long enough\n").unwrap();
+        let config = directory.path().join("toxaudit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"/from/file\"\ngrpc_addr = \"0.0.0.0:1\"\nnats = \"nats://file:4222\"\njwt_secret_file = \"{}\"\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let settings = Settings::resolve(
+            &options(&["--config", &config, "--grpc-addr", "127.0.0.1:2"]),
+            None,
+            SecretPolicy::Require,
+        )
+        .unwrap();
+        assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(settings.grpc_addr, "127.0.0.1:2");
+        assert_eq!(settings.nats.as_deref(), Some("nats://file:4222"));
+        assert_eq!(settings.http_addr, DEFAULT_HTTP_ADDR);
+        assert_eq!(settings.nats_prefix, DEFAULT_NATS_PREFIX);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let config = directory.path().join("toxaudit.toml");
+        std::fs::write(&config, "grpc_adress = \"0.0.0.0:1\"\n").unwrap();
+        let config = config.display().to_string();
+        let error = Settings::resolve(
+            &options(&["--config", &config]),
+            None,
+            SecretPolicy::GenerateInDataDir,
+        )
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("grpc_adress"), "{error:#}");
+    }
+
+    #[test]
+    fn up_creates_a_secret_in_its_data_directory_once() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = local_secret_file(directory.path());
+        ensure_local_secret(&path).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        ensure_local_secret(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        assert!(JwtSecret::from_bytes(first.as_bytes()).is_ok());
+    }
+}
