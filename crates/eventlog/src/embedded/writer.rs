@@ -211,9 +211,13 @@ impl Writer {
             streams: HashMap::new(),
         };
         let mut answers = Vec::with_capacity(group.len());
+        // The batches are kept until the function ends so that freeing their
+        // records happens after the answers, not before the fsync.
+        let mut batches = Vec::with_capacity(group.len());
         for request in group {
             let answer = self.plan_batch(&mut plan, &request.batch);
             answers.push((request.reply, answer));
+            batches.push(request.batch);
         }
         if plan.record_starts.is_empty() {
             for (reply, answer) in answers {
