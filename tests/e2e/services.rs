@@ -719,11 +719,12 @@ async fn a_python_grpc_client_lists_services_checks_health_and_reads_the_report(
     let directory = tempfile::tempdir()?;
     let service = up(directory.path())?;
     let admin = token("leeds", "admin")?;
-    service
-        .client(&admin)
-        .await?
+    let client = service.client(&admin).await?;
+    client
         .append(vec![registration("e-1", "leeds", "L-1")])
         .await?;
+    // Reporting has folded the event before the probe asks.
+    report_at(&client, 1).await?;
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/grpc_probe.py");
     let target = service.url.trim_start_matches("http://").to_owned();
     let output = tokio::task::spawn_blocking(move || {
@@ -802,5 +803,58 @@ async fn sigterm_stops_up_gracefully_with_its_checkpoints_committed() -> anyhow:
         .filter(|line| line.contains("checkpoint_position=2"))
         .count();
     assert_eq!(resumed, 3, "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_grpc_over_tls_when_configured() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let certificate = directory.path().join("cert.pem");
+    let private_key = directory.path().join("key.pem");
+    std::fs::write(&certificate, certified.cert.pem())?;
+    std::fs::write(&private_key, certified.signing_key.serialize_pem())?;
+    let service = ServiceProcess::start(
+        &[
+            "up".to_owned(),
+            "--data-dir".to_owned(),
+            directory.path().join("data").display().to_string(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--no-http".to_owned(),
+            "--tls-cert".to_owned(),
+            certificate.display().to_string(),
+            "--tls-key".to_owned(),
+            private_key.display().to_string(),
+        ],
+        directory.path().join("up.log"),
+    )?;
+    let port = service
+        .url
+        .rsplit(':')
+        .next()
+        .context("no port in the url")?;
+    assert!(service.url.starts_with("https://"), "{}", service.url);
+    let admin = token("leeds", "admin")?;
+    let client = ServiceClient::connect(
+        &format!("https://localhost:{port}"),
+        &admin,
+        Some(&certificate),
+    )
+    .await?;
+    client
+        .append(vec![registration("e-1", "leeds", "L-1")])
+        .await?;
+    let report = report_at(&client, 1).await?;
+    assert_eq!(report["scopes"]["leeds"]["patients"], 1);
+
+    // Plain HTTP/2 to the TLS port gets nowhere.
+    let plain = ServiceClient::connect(&format!("http://127.0.0.1:{port}"), &admin, None).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(client) => client.get_report("all").await.is_err(),
+    };
+    assert!(refused, "a plaintext call to the tls port succeeded");
     Ok(())
 }
