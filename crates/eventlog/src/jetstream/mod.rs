@@ -14,10 +14,12 @@
 //!
 //! The global position is the stream sequence: the stream is created with no
 //! age or count limit, `deny_delete` and `deny_purge`, so sequences stay
-//! gap-free from 1. The key, the stream, the principal and the append time
-//! travel as headers (`Toxaudit-Key`, `Toxaudit-Stream`, `Toxaudit-Principal`,
-//! `Toxaudit-Recorded-At`, values %-escaped outside printable ASCII); the
-//! payload is the record's payload, untouched.
+//! gap-free from 1. The key travels as the message id (`Nats-Msg-Id`), the
+//! principal and the append time (microseconds since the epoch, the appending
+//! client's clock) as `Toxaudit-Principal` and `Toxaudit-Recorded-At` (values
+//! %-escaped outside printable ASCII), and the stream is read back from the
+//! subject; the payload is the record's payload, untouched. Few headers keep
+//! appends fast: each one costs the server parsing time per message.
 //!
 //! # Idempotency
 //!
@@ -83,9 +85,11 @@
 //! survive the machine losing power, run nats-server with
 //! `jetstream { sync_interval: always }` or three replicas.
 //!
-//! `read` uses batched direct gets; `tail` an ordered consumer that is
+//! `read` uses one batched direct get for up to 256 records and an ordered
+//! consumer for longer reads (replays); `tail` an ordered consumer that is
 //! recreated after the last delivered position whenever it fails, so a server
-//! restart under a live tail yields no gap and no repeat.
+//! restart under a live tail yields no gap and no repeat. The key index
+//! catch-up reads headers only.
 
 mod direct_get;
 mod subjects;
@@ -107,15 +111,18 @@ use crate::{
 use direct_get::{Request, StoredMessage, direct_get};
 use subjects::{Subjects, from_header_value, header_value};
 
-const KEY_HEADER: &str = "Toxaudit-Key";
-const STREAM_HEADER: &str = "Toxaudit-Stream";
+/// The key travels as the message id, so the server's own duplicate check
+/// and the record's metadata are one header.
+const KEY_HEADER: &str = "Nats-Msg-Id";
 const PRINCIPAL_HEADER: &str = "Toxaudit-Principal";
 const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 
 /// The most messages nats-server accepts in one atomic batch.
 pub const MAX_ATOMIC_BATCH: usize = 1000;
-/// Records fetched by one direct get.
-const READ_CHUNK: usize = 1000;
+/// Reads up to this many records use a direct get, longer ones a consumer.
+const DIRECT_READ_MAX: usize = 256;
+/// Records the key index catch-up reads (headers only) and indexes at once.
+const CATCH_UP_CHUNK: u64 = 5000;
 /// Keys looked up by one direct get.
 const LOOKUP_CHUNK: usize = 256;
 /// How often an append retries after the server reported a key inside the
@@ -397,20 +404,11 @@ impl JetStreamLog {
         let (mut indexed_through, mut watermark_sequence) = self.read_watermark().await?;
         let mut next = indexed_through + 1;
         while next <= head {
-            let wanted = usize::try_from(head - next + 1)
-                .unwrap_or(READ_CHUNK)
-                .min(READ_CHUNK);
-            let chunk = self
-                .direct_events(Request::Range {
-                    from: next,
-                    max: wanted,
-                })
-                .await?;
-            let Some(last) = chunk.last() else { break };
-            next = last.sequence + 1;
+            let count = (head - next + 1).min(CATCH_UP_CHUNK);
+            let chunk = self.ordered_range(next, count, true).await?;
+            next += count;
             let keyed: Vec<(String, u64)> = chunk
                 .iter()
-                .filter(|message| message.sequence <= head)
                 .map(|message| {
                     Ok((
                         header(&message.headers, KEY_HEADER, message.sequence)?,
@@ -536,15 +534,16 @@ impl JetStreamLog {
         }
         let subjects: Vec<String> = key_by_subject.keys().cloned().collect();
         let mut found = HashMap::new();
-        for chunk in subjects.chunks(LOOKUP_CHUNK) {
-            let messages = direct_get(
+        let lookups = subjects.chunks(LOOKUP_CHUNK).map(|chunk| {
+            direct_get(
                 &self.inner.client,
                 &self.inner.api_prefix,
                 &self.inner.key_index_stream,
                 Request::LastOf(chunk),
                 self.inner.options.request_timeout,
             )
-            .await?;
+        });
+        for messages in futures::future::try_join_all(lookups).await? {
             for message in messages {
                 let Some(key) = key_by_subject.get(&message.subject) else {
                     continue;
@@ -559,6 +558,54 @@ impl JetStreamLog {
             }
         }
         Ok(found)
+    }
+
+    /// The `count` records from position `from` on (all of which must exist),
+    /// through one ordered consumer; with `headers_only` the payloads stay on
+    /// the server.
+    async fn ordered_range(
+        &self,
+        from: u64,
+        count: u64,
+        headers_only: bool,
+    ) -> Result<Vec<StoredMessage>, LogError> {
+        let mut messages = open_ordered(self.clone(), from, headers_only).await?;
+        let mut stored = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        let mut next = from;
+        while next < from + count {
+            let message =
+                match tokio::time::timeout(self.inner.options.request_timeout, messages.next())
+                    .await
+                {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(error))) => {
+                        return Err(LogError::Unavailable(format!(
+                            "reading position {next}: {error}"
+                        )));
+                    }
+                    Ok(None) => {
+                        return Err(LogError::Unavailable(format!(
+                            "the read ended before position {next}"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(LogError::Unavailable(format!(
+                            "position {next} did not arrive within {:?}",
+                            self.inner.options.request_timeout
+                        )));
+                    }
+                };
+            let message = stored_from_consumer(message)?;
+            if message.sequence != next {
+                return Err(LogError::Corrupt(format!(
+                    "expected position {next} but the stream delivered {}",
+                    message.sequence
+                )));
+            }
+            next += 1;
+            stored.push(message);
+        }
+        Ok(stored)
     }
 
     async fn direct_events(&self, request: Request<'_>) -> Result<Vec<StoredMessage>, LogError> {
@@ -581,7 +628,9 @@ impl JetStreamLog {
             })
             .await?;
         match messages.into_iter().next() {
-            Some(message) if message.sequence == position => record_from(message),
+            Some(message) if message.sequence == position => {
+                record_from(&self.inner.subjects, message)
+            }
             _ => Err(LogError::Corrupt(format!(
                 "no record at position {position}"
             ))),
@@ -711,9 +760,7 @@ impl JetStreamLog {
             .map(|&index| {
                 let record = &batch.records[index];
                 let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", header_value(&record.key).as_str());
                 headers.insert(KEY_HEADER, header_value(&record.key).as_str());
-                headers.insert(STREAM_HEADER, header_value(&record.stream).as_str());
                 headers.insert(PRINCIPAL_HEADER, header_value(&record.principal).as_str());
                 headers.insert(RECORDED_AT_HEADER, recorded_at.as_str());
                 Outgoing {
@@ -995,32 +1042,36 @@ impl EventLog for JetStreamLog {
     }
 
     async fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        let mut records = Vec::with_capacity(max.min(READ_CHUNK));
-        let mut next = from.max(1);
-        while records.len() < max {
-            let wanted = (max - records.len()).min(READ_CHUNK);
-            let chunk = self
-                .direct_events(Request::Range {
-                    from: next,
-                    max: wanted,
-                })
-                .await?;
-            let received = chunk.len();
-            for message in chunk {
-                if message.sequence != next {
+        let from = from.max(1);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let messages = if max <= DIRECT_READ_MAX {
+            // A short read: one batched direct get, no consumer to set up.
+            let messages = self.direct_events(Request::Range { from, max }).await?;
+            for (offset, message) in messages.iter().enumerate() {
+                if message.sequence != from + offset as u64 {
                     return Err(LogError::Corrupt(format!(
-                        "expected position {next} but the stream returned {}",
+                        "expected position {} but the stream returned {}",
+                        from + offset as u64,
                         message.sequence
                     )));
                 }
-                next += 1;
-                records.push(record_from(message)?);
             }
-            if received < wanted {
-                break;
+            messages
+        } else {
+            // A long read (a replay): an ordered consumer streams it far faster.
+            let head = self.head().await?;
+            if from > head {
+                return Ok(Vec::new());
             }
-        }
-        Ok(records)
+            let count = (head - from + 1).min(u64::try_from(max).unwrap_or(u64::MAX));
+            self.ordered_range(from, count, false).await?
+        };
+        messages
+            .into_iter()
+            .map(|message| record_from(&self.inner.subjects, message))
+            .collect()
     }
 
     async fn head(&self) -> Result<u64, LogError> {
@@ -1076,7 +1127,7 @@ impl Tail {
     async fn next_record(&mut self) -> Result<Record, LogError> {
         loop {
             let Some(messages) = self.messages.as_mut() else {
-                match open_tail(self.log.clone(), self.next).await {
+                match open_ordered(self.log.clone(), self.next, false).await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(error) => self.back_off(&error).await,
                 }
@@ -1103,15 +1154,9 @@ impl Tail {
                             self.next
                         )));
                     }
-                    let message = message.split().0;
-                    let stored = StoredMessage {
-                        sequence: position,
-                        subject: message.subject.to_string(),
-                        headers: message.headers.unwrap_or_default(),
-                        payload: message.payload,
-                    };
+                    let stored = stored_from_consumer(message)?;
                     self.next += 1;
-                    return record_from(stored);
+                    return record_from(&self.log.inner.subjects, stored);
                 }
                 Some(Err(error)) => {
                     self.messages = None;
@@ -1135,7 +1180,12 @@ impl Tail {
 }
 
 /// An ordered consumer delivering the events stream from position `next`.
-async fn open_tail(log: JetStreamLog, next: u64) -> Result<OrderedMessages, LogError> {
+/// Takes the log by value so the future is `Send` (the consumer stream is not `Sync`).
+async fn open_ordered(
+    log: JetStreamLog,
+    next: u64,
+    headers_only: bool,
+) -> Result<OrderedMessages, LogError> {
     let inner = &log.inner;
     let stream = inner
         .jetstream
@@ -1148,14 +1198,34 @@ async fn open_tail(log: JetStreamLog, next: u64) -> Result<OrderedMessages, LogE
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: next,
             },
+            headers_only,
             ..Default::default()
         })
         .await
-        .map_err(|error| LogError::Unavailable(format!("creating a tail consumer: {error}")))?;
+        .map_err(|error| LogError::Unavailable(format!("creating an ordered consumer: {error}")))?;
     consumer
         .messages()
         .await
-        .map_err(|error| LogError::Unavailable(format!("starting a tail: {error}")))
+        .map_err(|error| LogError::Unavailable(format!("starting an ordered consumer: {error}")))
+}
+
+/// A message delivered by a consumer, in the shape a direct get gives.
+fn stored_from_consumer(message: jetstream::Message) -> Result<StoredMessage, LogError> {
+    let sequence = message
+        .info()
+        .map_err(|error| {
+            LogError::Corrupt(format!(
+                "a delivered message has no stream position: {error}"
+            ))
+        })?
+        .stream_sequence;
+    let message = message.split().0;
+    Ok(StoredMessage {
+        sequence,
+        subject: message.subject.to_string(),
+        headers: message.headers.unwrap_or_default(),
+        payload: message.payload,
+    })
 }
 
 /// Creates the stream, or checks an existing one and turns on atomic batches
@@ -1238,7 +1308,7 @@ fn header(headers: &HeaderMap, name: &str, position: u64) -> Result<String, LogE
         })
 }
 
-fn record_from(message: StoredMessage) -> Result<Record, LogError> {
+fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, LogError> {
     let position = message.sequence;
     let recorded_at_micros = header(&message.headers, RECORDED_AT_HEADER, position)?
         .parse()
@@ -1251,7 +1321,12 @@ fn record_from(message: StoredMessage) -> Result<Record, LogError> {
         position,
         recorded_at_micros,
         key: header(&message.headers, KEY_HEADER, position)?,
-        stream: header(&message.headers, STREAM_HEADER, position)?,
+        stream: subjects.stream_of(&message.subject).ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "the record at position {position} has the subject {} of no stream",
+                message.subject
+            ))
+        })?,
         principal: header(&message.headers, PRINCIPAL_HEADER, position)?,
         payload: message.payload,
     })

@@ -29,7 +29,6 @@ pub(crate) fn token(text: &str) -> String {
 }
 
 /// The inverse of [`token`]; `None` for a string [`token`] cannot produce.
-#[cfg(test)]
 pub(crate) fn untoken(token: &str) -> Option<String> {
     if token == "_" {
         return Some(String::new());
@@ -85,6 +84,19 @@ impl Subjects {
     pub(crate) fn stream(&self, stream: &str) -> String {
         let (centre, patient) = stream_tokens(stream);
         format!("{}.events.{centre}.{patient}", self.prefix)
+    }
+
+    /// The stream a record subject belongs to: the inverse of [`Subjects::stream`].
+    pub(crate) fn stream_of(&self, subject: &str) -> Option<String> {
+        let tokens = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".events.")?;
+        let (centre, patient) = tokens.split_once('.')?;
+        if centre == "_" {
+            untoken(patient)
+        } else {
+            Some(format!("{}.{}", untoken(centre)?, untoken(patient)?))
+        }
     }
 
     /// `<prefix>.keys.>`: every entry of the key index.
