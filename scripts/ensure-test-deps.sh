@@ -9,3 +9,5 @@ if ! python3 -c "import grpc, grpc_reflection, grpc_health" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check \
         grpcio grpcio-reflection grpcio-health-checking >&2
 fi
+# Debian's chromium and chromium-driver for the dashboard's browser test (tests/e2e/dashboard.rs).
+"$here/ensure-chromium.sh"
