@@ -1,0 +1,343 @@
+//! Throughput of the JetStream backend against raw JetStream on the same
+//! nats-server, in the same run, so the backend's own cost is visible:
+//! `cargo bench -p eventlog --bench jetstream` (needs nats-server >= 2.12;
+//! `NATS_SERVER_BIN="$(scripts/ensure-nats-server.sh)"`).
+//!
+//! - append: one 1000-record batch through [`JetStreamLog::append`] (key
+//!   look-up, atomic batch publish) against the same 1000 payloads published
+//!   with async JetStream publishes to a plain stream, all acknowledgements
+//!   awaited.
+//! - replay: [`EventLog::read`] of the whole log against a raw ordered
+//!   consumer reading the same stream (and, in the summary, against one
+//!   reading the header-less raw stream).
+//!
+//! Target (issue 3, measured, never asserted): the backend reaches at least
+//! 70% of raw throughput on both. After the criterion groups a summary prints
+//! both sides and the ratio, plus the cost of the key index catch-up that
+//! appends pay once every quarter duplicate window (see the backend's doc).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eventlog::{AppendBatch, EventLog, JetStreamLog, JetStreamOptions, NewRecord};
+use futures::StreamExt;
+use test_support::NatsServer;
+
+const BATCH_RECORDS: usize = 1000;
+const PAYLOAD_BYTES: usize = 120;
+const REPLAY_RECORDS: u64 = 50_000;
+const SUMMARY_ROUNDS: usize = 20;
+
+fn new_record(number: u64) -> NewRecord {
+    let mut payload = format!(
+        "{{\"event_id\":\"e-{number:010}\",\"centre\":\"leeds\",\"patient\":\"L-{:04}\",\"type\":\"response_assessed\"",
+        number % 5000
+    );
+    while payload.len() < PAYLOAD_BYTES - 1 {
+        payload.push(' ');
+    }
+    payload.push('}');
+    NewRecord {
+        key: format!("e-{number:010}"),
+        stream: format!("leeds.L-{:04}", number % 5000),
+        principal: "clinician@leeds".to_owned(),
+        payload: Bytes::from(payload),
+    }
+}
+
+fn records(next_number: &AtomicU64) -> Vec<NewRecord> {
+    let first = next_number.fetch_add(BATCH_RECORDS as u64, Ordering::Relaxed);
+    (first..first + BATCH_RECORDS as u64)
+        .map(new_record)
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => panic!("cannot build a tokio runtime: {error}"),
+    }
+}
+
+fn or_die<T, E: std::fmt::Display>(result: Result<T, E>, doing: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{doing}: {error}"),
+    }
+}
+
+/// One server with the backend's stream and a raw stream beside it.
+struct Setup {
+    _server: NatsServer,
+    log: JetStreamLog,
+    raw: jetstream::Context,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let server = or_die(NatsServer::start().await, "starting nats-server");
+    let log = or_die(
+        JetStreamLog::connect(
+            &server.url(),
+            JetStreamOptions {
+                prefix: prefix.to_owned(),
+                stream_name: "BENCH_EVENTS".to_owned(),
+                ..JetStreamOptions::default()
+            },
+        )
+        .await,
+        "connecting the log",
+    );
+    let client = or_die(async_nats::connect(server.url()).await, "connecting raw");
+    let raw = jetstream::new(client);
+    or_die(
+        raw.create_stream(stream::Config {
+            name: "RAW".to_owned(),
+            subjects: vec!["raw.>".to_owned()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await,
+        "creating the raw stream",
+    );
+    Setup {
+        _server: server,
+        log,
+        raw,
+    }
+}
+
+async fn append_through_log(log: &JetStreamLog, batch: Vec<NewRecord>) {
+    let outcomes = or_die(log.append(AppendBatch::new(batch)).await, "appending");
+    assert_eq!(outcomes.len(), BATCH_RECORDS);
+}
+
+async fn publish_raw(raw: &jetstream::Context, batch: Vec<NewRecord>) {
+    let mut acknowledgements = Vec::with_capacity(batch.len());
+    for record in batch {
+        let subject = format!("raw.{}", record.stream);
+        acknowledgements.push(or_die(
+            raw.publish(subject, record.payload).await,
+            "publishing raw",
+        ));
+    }
+    for acknowledgement in acknowledgements {
+        or_die(acknowledgement.await, "raw acknowledgement");
+    }
+}
+
+/// The raw publish with the metadata headers the backend sends (key as
+/// message id, principal, time), to show what the headers alone cost.
+async fn publish_raw_with_headers(raw: &jetstream::Context, batch: Vec<NewRecord>) {
+    let mut acknowledgements = Vec::with_capacity(batch.len());
+    for record in batch {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", record.key.as_str());
+        headers.insert("Toxaudit-Principal", record.principal.as_str());
+        headers.insert("Toxaudit-Recorded-At", "1764000000000000");
+        let subject = format!("raw.{}", record.stream);
+        acknowledgements.push(or_die(
+            raw.publish_with_headers(subject, headers, record.payload)
+                .await,
+            "publishing raw",
+        ));
+    }
+    for acknowledgement in acknowledgements {
+        or_die(acknowledgement.await, "raw acknowledgement");
+    }
+}
+
+async fn replay_through_log(log: &JetStreamLog, count: u64) {
+    let mut next = 1;
+    while next <= count {
+        let chunk = or_die(log.read(next, 10_000).await, "reading");
+        assert!(!chunk.is_empty(), "the log ended at {next}");
+        next += chunk.len() as u64;
+    }
+}
+
+async fn replay_raw(raw: &jetstream::Context, stream_name: &str, count: u64) {
+    let stream = or_die(raw.get_stream(stream_name).await, "finding the stream");
+    let ordered = or_die(
+        stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await,
+        "creating an ordered consumer",
+    );
+    let mut messages = or_die(ordered.messages().await, "starting the ordered consumer");
+    let mut seen = 0;
+    while seen < count {
+        match messages.next().await {
+            Some(Ok(message)) => {
+                // Every reader needs the position; read it as the backend does.
+                or_die(message.info(), "message position");
+                seen += 1;
+            }
+            Some(Err(error)) => panic!("ordered consumer: {error}"),
+            None => panic!("ordered consumer ended at {seen}"),
+        }
+    }
+}
+
+fn append(criterion: &mut Criterion) {
+    let runtime = runtime();
+    let setup = runtime.block_on(setup("bench-append"));
+    let numbers = AtomicU64::new(1);
+    let mut group = criterion.benchmark_group("jetstream_append");
+    group.throughput(Throughput::Elements(BATCH_RECORDS as u64));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("backend_batch_1000", |bencher| {
+        bencher
+            .to_async(&runtime)
+            .iter(|| append_through_log(&setup.log, records(&numbers)));
+    });
+    group.bench_function("raw_async_publish_1000", |bencher| {
+        bencher
+            .to_async(&runtime)
+            .iter(|| publish_raw(&setup.raw, records(&numbers)));
+    });
+    group.finish();
+}
+
+fn replay(criterion: &mut Criterion) {
+    let runtime = runtime();
+    let setup = runtime.block_on(setup("bench-replay"));
+    let numbers = AtomicU64::new(1);
+    runtime.block_on(async {
+        for _ in 0..REPLAY_RECORDS / BATCH_RECORDS as u64 {
+            let batch = records(&numbers);
+            publish_raw(&setup.raw, batch.clone()).await;
+            append_through_log(&setup.log, batch).await;
+        }
+    });
+    let mut group = criterion.benchmark_group("jetstream_replay");
+    group.throughput(Throughput::Elements(REPLAY_RECORDS));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("backend_read", |bencher| {
+        bencher
+            .to_async(&runtime)
+            .iter(|| replay_through_log(&setup.log, REPLAY_RECORDS));
+    });
+    group.bench_function("raw_ordered_consumer_same_stream", |bencher| {
+        bencher
+            .to_async(&runtime)
+            .iter(|| replay_raw(&setup.raw, "BENCH_EVENTS", REPLAY_RECORDS));
+    });
+    group.finish();
+}
+
+/// Records per second of `rounds` runs of `work`, each handling `per_round`
+/// records, taking the median run.
+async fn median_rate<F, Fut>(rounds: usize, per_round: u64, mut work: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut seconds = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        work().await;
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    per_round as f64 / seconds[rounds / 2]
+}
+
+fn print_ratio(what: &str, backend: f64, raw: f64) {
+    println!(
+        "{what}: backend {backend:.0} records/s, raw {raw:.0} records/s, ratio {:.0}% (target >= 70%)",
+        100.0 * backend / raw
+    );
+}
+
+/// Both sides and their ratio, measured alternately in one run.
+fn summary(_criterion: &mut Criterion) {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let setup = setup("bench-summary").await;
+        let numbers = AtomicU64::new(1);
+        let mut backend = Vec::new();
+        let mut raw = Vec::new();
+        let mut raw_with_headers = Vec::new();
+        for _ in 0..3 {
+            raw_with_headers.push(
+                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
+                    publish_raw_with_headers(&setup.raw, records(&numbers))
+                })
+                .await,
+            );
+            backend.push(
+                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
+                    append_through_log(&setup.log, records(&numbers))
+                })
+                .await,
+            );
+            raw.push(
+                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
+                    publish_raw(&setup.raw, records(&numbers))
+                })
+                .await,
+            );
+        }
+        backend.sort_by(f64::total_cmp);
+        raw.sort_by(f64::total_cmp);
+        raw_with_headers.sort_by(f64::total_cmp);
+        print_ratio("append, batches of 1000", backend[1], raw[1]);
+        print_ratio(
+            "append, batches of 1000 (raw with the same metadata headers)",
+            backend[1],
+            raw_with_headers[1],
+        );
+
+        // The catch-up every quarter duplicate window indexes the keys appended
+        // since the last one; its cost per record, amortised over appends.
+        let appended = or_die(setup.log.head().await, "reading the head");
+        let started = Instant::now();
+        or_die(setup.log.catch_up_key_index().await, "catching up the key index");
+        let catch_up = started.elapsed().as_secs_f64();
+        let per_record_backend = 1.0 / backend[1];
+        println!(
+            "key index catch-up: {appended} records in {catch_up:.2}s; append including it: {:.0} records/s, ratio {:.0}%",
+            1.0 / (per_record_backend + catch_up / appended as f64),
+            100.0 * (1.0 / (per_record_backend + catch_up / appended as f64)) / raw[1]
+        );
+
+        // Replay of the log the append summary just wrote, against the raw stream.
+        let raw_count = or_die(
+            or_die(setup.raw.get_stream("RAW").await, "raw stream")
+                .get_info()
+                .await,
+            "raw info",
+        )
+        .state
+        .messages;
+        let count = appended.min(raw_count);
+        let backend_replay = median_rate(5, count, || replay_through_log(&setup.log, count)).await;
+        let raw_replay = median_rate(5, count, || replay_raw(&setup.raw, "BENCH_EVENTS", count)).await;
+        print_ratio(
+            &format!("replay of {count} records (raw: ordered consumer on the same stream)"),
+            backend_replay,
+            raw_replay,
+        );
+        let raw_plain_replay = median_rate(5, count, || replay_raw(&setup.raw, "RAW", count)).await;
+        print_ratio(
+            &format!("replay of {count} records (raw: ordered consumer on the header-less raw stream)"),
+            backend_replay,
+            raw_plain_replay,
+        );
+    });
+}
+
+criterion_group!(benches, append, replay, summary);
+criterion_main!(benches);
