@@ -18,6 +18,9 @@ use eventlog::{AppendBatch, AppendOutcome, EventLog, ExpectedVersion, NewRecord,
 use proto::convert::decode_event;
 use service_kit::{ServiceError, follow::Checkpointer};
 
+/// How many times a batch is admitted when the log says a stream moved.
+const ATTEMPTS_ON_CONFLICT: u32 = 3;
+
 /// Records read from the log in one go while catching up.
 const CATCH_UP_CHUNK: usize = 4096;
 
@@ -127,7 +130,33 @@ impl AdmissionState {
     /// Admits a batch: every event checked as if the ones before it were
     /// appended; all accepted (or duplicates) → appended in one atomic
     /// batch; otherwise nothing is appended and every refusal comes back.
+    ///
+    /// When the log refuses the batch because a patient's stream moved
+    /// (another writer got there first), the state is refolded and the batch
+    /// admitted again, up to [`ATTEMPTS_ON_CONFLICT`] times in all: the
+    /// events are judged against what is really stored, and a retry can
+    /// never store anything twice (ids are idempotency keys).
     pub(crate) async fn admit_and_append(
+        &self,
+        parsed: Vec<(String, Result<Event, domain::Refusal>)>,
+        writer: &WriterScope,
+        principal: &str,
+    ) -> Result<Vec<Stored>, AdmitError> {
+        let mut attempt = 1;
+        loop {
+            match self.admit_once(parsed.clone(), writer, principal).await {
+                Err(AdmitError::Service(ServiceError::Aborted(reason)))
+                    if attempt < ATTEMPTS_ON_CONFLICT =>
+                {
+                    tracing::warn!(%reason, attempt, "append refused on a stream version, admitting again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn admit_once(
         &self,
         parsed: Vec<(String, Result<Event, domain::Refusal>)>,
         writer: &WriterScope,
@@ -159,12 +188,24 @@ impl AdmissionState {
             admitted.stale |= applied_any;
             return Err(AdmitError::Refused(verdicts));
         }
+        // One record per event id: an event repeated within the batch is a
+        // duplicate of its first occurrence and is not sent to the log again.
         let mut records = Vec::with_capacity(verdicts.len());
+        let mut record_of_event = Vec::with_capacity(verdicts.len());
+        let mut first_record: HashMap<String, usize> = HashMap::new();
         let mut expectations: HashMap<String, ExpectedVersion> = HashMap::new();
         for judged in &verdicts {
             let Some(event) = &judged.event else {
-                continue;
+                admitted.stale |= applied_any;
+                return Err(AdmitError::Service(ServiceError::Internal(format!(
+                    "event {} was admitted without being valid",
+                    judged.event_id
+                ))));
             };
+            if let Some(&index) = first_record.get(&judged.event_id) {
+                record_of_event.push((index, true));
+                continue;
+            }
             let stream = stream_of(event);
             if matches!(judged.verdict, Verdict::Accepted { .. }) {
                 let version = admitted.stream_versions.get(&stream).copied().unwrap_or(0);
@@ -176,6 +217,8 @@ impl AdmissionState {
                         ExpectedVersion::At(version)
                     });
             }
+            first_record.insert(judged.event_id.clone(), records.len());
+            record_of_event.push((records.len(), false));
             records.push(NewRecord {
                 key: judged.event_id.clone(),
                 stream,
@@ -205,19 +248,26 @@ impl AdmissionState {
             admitted.stale = true;
             return Err(AdmitError::Service(error));
         }
-        Ok(verdicts
-            .into_iter()
-            .zip(outcomes)
-            .map(|(judged, outcome)| Stored {
+        let mut stored = Vec::with_capacity(verdicts.len());
+        for (judged, (record, repeated)) in verdicts.into_iter().zip(record_of_event) {
+            let Some(outcome) = outcomes.get(record) else {
+                return Err(AdmitError::Service(ServiceError::Internal(format!(
+                    "the log answered {} outcomes for {} records",
+                    outcomes.len(),
+                    record + 1
+                ))));
+            };
+            stored.push(Stored {
                 event_id: judged.event_id,
                 position: outcome.position(),
-                duplicate: matches!(outcome, AppendOutcome::Duplicate { .. }),
+                duplicate: repeated || matches!(outcome, AppendOutcome::Duplicate { .. }),
                 warnings: match judged.verdict {
-                    Verdict::Accepted { warnings } => warnings,
+                    Verdict::Accepted { warnings } if !repeated => warnings,
                     _ => Vec::new(),
                 },
-            })
-            .collect())
+            });
+        }
+        Ok(stored)
     }
 
     /// After an append: reads the log past the state's position, adding
