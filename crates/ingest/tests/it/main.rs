@@ -121,6 +121,19 @@ async fn a_batch_is_checked_as_if_each_event_were_appended_before_the_next() -> 
         .await?;
     assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
     assert_eq!(running.log.head().await?, 2);
+
+    // The same event twice in one batch: stored once, the second a duplicate.
+    let twice = running
+        .client
+        .append(vec![registered("e-3", "L-3"), registered("e-3", "L-3")])
+        .await?;
+    let outcomes: Vec<_> = twice
+        .outcomes
+        .iter()
+        .map(|outcome| (outcome.position, outcome.duplicate))
+        .collect();
+    assert_eq!(outcomes, vec![(3, false), (3, true)]);
+    assert_eq!(running.log.head().await?, 3);
     running.stop().await
 }
 
