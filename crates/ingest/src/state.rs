@@ -96,11 +96,32 @@ impl AdmissionState {
     /// when a refused batch left it stale).
     async fn catch_up(&self, admitted: &mut Admitted) -> Result<(), ServiceError> {
         if admitted.stale {
-            tracing::warn!(
-                position = admitted.position,
-                "refolding the admission state after a refused batch"
+            // Start over from what the log really holds: the checkpoint's
+            // records (local, every record folded so far), then the log.
+            let (fresh, failure) = self
+                .checkpointer
+                .replay(
+                    (Admitted::default(), None::<String>),
+                    |(fresh, failure), record| {
+                        if failure.is_none()
+                            && let Err(reason) = fresh.fold(&record)
+                        {
+                            *failure = Some(format!("position {}: {reason}", record.position));
+                        }
+                    },
+                )
+                .await
+                .map_err(|error| ServiceError::Internal(error.to_string()))?;
+            if let Some(reason) = failure {
+                return Err(ServiceError::Internal(format!(
+                    "cannot refold the checkpoint: {reason}"
+                )));
+            }
+            tracing::info!(
+                position = fresh.position,
+                "admission state refolded after a batch that was not appended"
             );
-            *admitted = Admitted::default();
+            *admitted = fresh;
         }
         loop {
             let records = self
@@ -118,8 +139,7 @@ impl AdmissionState {
                         record.position
                     ))
                 })?;
-                // A refold after a refused batch starts from 1 again, but the
-                // checkpoint already holds those records.
+                // Only records past the checkpoint are new to it.
                 if record.position > self.checkpointer.position() {
                     self.checkpointer.add(record);
                 }

@@ -125,33 +125,8 @@ impl CheckpointStore {
                 .map_err(io_error(&records_path))?;
         }
         let mut reader = BufReader::with_capacity(1 << 20, &mut file);
-        let mut remaining = marker.records_bytes;
-        let mut last_position = 0;
-        let mut frame = Vec::new();
-        while remaining > 0 {
-            let mut length_bytes = [0u8; 4];
-            reader
-                .read_exact(&mut length_bytes)
-                .map_err(io_error(&records_path))?;
-            let frame_length = u64::from(u32::from_le_bytes(length_bytes));
-            if frame_length + 4 > remaining {
-                return Err(CheckpointError::Damaged {
-                    path: records_path,
-                    reason: "a frame runs past the checkpoint".to_owned(),
-                });
-            }
-            frame.resize(frame_length as usize, 0);
-            reader
-                .read_exact(&mut frame)
-                .map_err(io_error(&records_path))?;
-            remaining -= frame_length + 4;
-            let record = decode_frame(&frame).ok_or_else(|| CheckpointError::Damaged {
-                path: records_path.clone(),
-                reason: "a frame does not decode".to_owned(),
-            })?;
-            last_position = record.position;
-            fold(record);
-        }
+        let last_position =
+            read_frames(&mut reader, marker.records_bytes, &records_path, &mut fold)?;
         if last_position != marker.position {
             return Err(CheckpointError::Damaged {
                 path: records_path,
@@ -187,6 +162,26 @@ impl CheckpointStore {
     /// True when records were added since the last commit.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Hands every record added so far — durable and pending — to `fold`,
+    /// in position order, without changing the checkpoint: a projection that
+    /// must start over (ingest after a refused batch) refolds from here
+    /// instead of from the log. Blocking.
+    pub fn replay(&mut self, mut fold: impl FnMut(Record)) -> Result<(), CheckpointError> {
+        let records_path = self.directory.join("records.bin");
+        let file = File::open(&records_path).map_err(io_error(&records_path))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        read_frames(&mut reader, self.durable_bytes, &records_path, &mut fold)?;
+        let pending = std::mem::take(&mut self.pending);
+        let outcome = read_frames(
+            &mut pending.as_slice(),
+            pending.len() as u64,
+            &records_path,
+            &mut fold,
+        );
+        self.pending = pending;
+        outcome.map(|_| ())
     }
 
     /// Adds a folded record; it becomes durable at the next [`commit`](Self::commit).
@@ -237,6 +232,42 @@ impl CheckpointStore {
         self.pending.clear();
         Ok(())
     }
+}
+
+/// Reads `length` bytes of frames from `reader`, folding each record;
+/// returns the last position read (0 for none).
+fn read_frames(
+    reader: &mut impl Read,
+    length: u64,
+    path: &Path,
+    fold: &mut impl FnMut(Record),
+) -> Result<u64, CheckpointError> {
+    let mut remaining = length;
+    let mut last_position = 0;
+    let mut frame = Vec::new();
+    while remaining > 0 {
+        let mut length_bytes = [0u8; 4];
+        reader
+            .read_exact(&mut length_bytes)
+            .map_err(io_error(path))?;
+        let frame_length = u64::from(u32::from_le_bytes(length_bytes));
+        if frame_length + 4 > remaining {
+            return Err(CheckpointError::Damaged {
+                path: path.to_owned(),
+                reason: "a frame runs past the checkpoint".to_owned(),
+            });
+        }
+        frame.resize(frame_length as usize, 0);
+        reader.read_exact(&mut frame).map_err(io_error(path))?;
+        remaining -= frame_length + 4;
+        let record = decode_frame(&frame).ok_or_else(|| CheckpointError::Damaged {
+            path: path.to_owned(),
+            reason: "a frame does not decode".to_owned(),
+        })?;
+        last_position = record.position;
+        fold(record);
+    }
+    Ok(last_position)
 }
 
 fn put_text(text: &str, out: &mut Vec<u8>) {
@@ -349,6 +380,25 @@ mod tests {
         let mut seen = Vec::new();
         CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
         assert_eq!(seen, vec![record(1), record(2)]);
+    }
+
+    #[test]
+    fn replay_gives_durable_and_pending_records() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(directory.path(), false, |_| {}).unwrap();
+        store.add(&record(1));
+        store.add(&record(2));
+        store.commit().unwrap();
+        store.add(&record(3));
+        let mut seen = Vec::new();
+        store.replay(|record| seen.push(record)).unwrap();
+        assert_eq!(seen, vec![record(1), record(2), record(3)]);
+        // Replaying changes nothing: the pending record still commits.
+        store.commit().unwrap();
+        drop(store);
+        let mut seen = Vec::new();
+        CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
+        assert_eq!(seen.len(), 3);
     }
 
     #[test]

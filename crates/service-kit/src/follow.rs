@@ -91,6 +91,24 @@ impl Checkpointer {
         self.lock().pending_position()
     }
 
+    /// Folds every record of the checkpoint (durable and pending) into
+    /// `state`, on a blocking thread, and returns it.
+    pub async fn replay<S: Send + 'static>(
+        &self,
+        mut state: S,
+        mut fold: impl FnMut(&mut S, Record) + Send + 'static,
+    ) -> Result<S, FollowError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+            store.replay(|record| fold(&mut state, record))?;
+            Ok::<_, CheckpointError>(state)
+        })
+        .await
+        .map_err(|error| FollowError::Task(error.to_string()))?
+        .map_err(FollowError::from)
+    }
+
     /// Adds a folded record to the next commit.
     pub fn add(&self, record: &Record) {
         self.lock().add(record);
