@@ -28,22 +28,22 @@
 //! 1. Every message carries `Nats-Msg-Id = key`, so the server itself refuses
 //!    a second message with a key it stored within the stream's duplicate
 //!    window (`duplicate_window`, default two minutes), atomically, even
-//!    between concurrent writers.
-//! 2. A key index stream (`<stream_name>_KEYS`, subject `<prefix>.keys.<key>`,
-//!    payload = the position, one message per subject, written create-only)
-//!    remembers keys forever. It is filled by a catch-up pass that reads the
-//!    records after the index's watermark (`<prefix>.keys-indexed`, advanced
-//!    by compare-and-set) and indexes their keys. Every append first looks all
-//!    its keys up in the index with one batched direct get (`multi_last`).
+//!    between concurrent writers and between service instances.
+//! 2. Each [`JetStreamLog`] keeps a key index in memory (a 64-bit hash of
+//!    every key → its positions; see `key_index.rs`), filled by a catch-up
+//!    that reads the `Nats-Msg-Id` headers (headers only) of the records after
+//!    the last one it indexed. Connecting catches up over the whole log.
+//!    Every append looks its keys up there first.
 //!
 //! Why this is enough: an append trusts a miss in the index only if a
-//! catch-up pass *started* less than a quarter of the duplicate window ago
-//! (otherwise it runs one first). A key stored before that pass started is in
-//! the index; a key stored after it is younger than a quarter window, so the
-//! server's `Nats-Msg-Id` check still catches it. The appender never writes
-//! the index on its hot path, and no crash between "record stored" and
-//! "index written" can lose a key, because the index is rebuilt from the
-//! records themselves.
+//! catch-up *started* less than a quarter of the duplicate window ago
+//! (otherwise it runs one first). A key stored before that catch-up started
+//! is in the index; a key stored after it is younger than a quarter window,
+//! so the server's `Nats-Msg-Id` check still catches it. The index is derived
+//! from the records themselves, so no crash can leave it behind the log, and
+//! it needs no writes: a log opened read-only (at a hub) writes nothing.
+//! The price is memory (tens of bytes per key) and a headers-only read of the
+//! whole log when a service starts.
 //!
 //! A key found in the index, or reported by the server as a duplicate, is
 //! read back: the same payload bytes give `Duplicate { position }`, other bytes
@@ -92,6 +92,7 @@
 //! catch-up reads headers only.
 
 mod direct_get;
+mod key_index;
 mod subjects;
 
 use std::collections::HashMap;
@@ -109,6 +110,7 @@ use crate::{
     NewRecord, Record,
 };
 use direct_get::{Request, StoredMessage, direct_get};
+use key_index::KeyIndex;
 use subjects::{Subjects, from_header_value, header_value};
 
 /// The key travels as the message id, so the server's own duplicate check
@@ -121,10 +123,6 @@ const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 /// Reads up to this many records use a direct get, longer ones a consumer.
 const DIRECT_READ_MAX: usize = 256;
-/// Records the key index catch-up reads (headers only) and indexes at once.
-const CATCH_UP_CHUNK: u64 = 5000;
-/// Keys looked up by one direct get.
-const LOOKUP_CHUNK: usize = 256;
 /// How often an append retries after the server reported a key inside the
 /// duplicate window that the index did not know yet.
 const APPEND_ATTEMPTS: usize = 3;
@@ -188,12 +186,11 @@ struct Inner {
     api_prefix: String,
     options: JetStreamOptions,
     subjects: Subjects,
-    key_index_stream: String,
     /// Whether batches go out as atomic batch publishes.
     atomic: bool,
-    /// When the last completed catch-up pass of the key index started.
-    /// Held while a pass runs, so concurrent appends run at most one.
-    last_catch_up: tokio::sync::Mutex<Option<Instant>>,
+    /// Where old keys are. Held while a catch-up runs, so concurrent appends
+    /// run at most one.
+    key_index: tokio::sync::Mutex<KeyIndex>,
 }
 
 /// One message about to be published.
@@ -326,8 +323,6 @@ impl JetStreamLog {
             None => (builder.build(client.clone()), "$JS.API".to_owned()),
         };
         let subjects = Subjects::new(&options.prefix);
-        let key_index_stream = format!("{}_KEYS", options.stream_name);
-
         let events_config = stream::Config {
             name: options.stream_name.clone(),
             description: Some("toxaudit event log: one message per record".to_owned()),
@@ -342,18 +337,6 @@ impl JetStreamLog {
             ..Default::default()
         };
         ensure_stream(&jetstream, events_config, atomic).await?;
-        let index_config = stream::Config {
-            name: key_index_stream.clone(),
-            description: Some("toxaudit key index: event id to position".to_owned()),
-            subjects: vec![subjects.all_keys(), subjects.indexed_through()],
-            storage: stream::StorageType::File,
-            num_replicas: options.replicas,
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            ..Default::default()
-        };
-        ensure_stream(&jetstream, index_config, false).await?;
-
         let log = JetStreamLog {
             inner: Arc::new(Inner {
                 client,
@@ -361,9 +344,8 @@ impl JetStreamLog {
                 api_prefix,
                 options,
                 subjects,
-                key_index_stream,
                 atomic,
-                last_catch_up: tokio::sync::Mutex::new(None),
+                key_index: tokio::sync::Mutex::new(KeyIndex::default()),
             }),
         };
         log.catch_up_key_index().await?;
@@ -380,181 +362,59 @@ impl JetStreamLog {
         &self.inner.client
     }
 
-    /// Indexes the key of every record the key index does not cover yet.
-    /// Appends run this on their own when the last pass is older than a
-    /// quarter of the duplicate window; it is public for tests and tools.
+    /// Reads the keys of every record the key index does not cover yet
+    /// (headers only). Connecting runs it over the whole log; appends run it
+    /// when the last pass is older than a quarter of the duplicate window.
     pub async fn catch_up_key_index(&self) -> Result<(), LogError> {
-        let mut last_catch_up = self.inner.last_catch_up.lock().await;
-        self.catch_up_locked(&mut last_catch_up).await
+        let mut index = self.inner.key_index.lock().await;
+        self.catch_up_locked(&mut index).await
     }
 
     async fn ensure_index_fresh(&self, force: bool) -> Result<(), LogError> {
-        let mut last_catch_up = self.inner.last_catch_up.lock().await;
-        let fresh_for = self.inner.options.duplicate_window / 4;
-        let fresh = matches!(*last_catch_up, Some(started) if started.elapsed() < fresh_for);
-        if force || !fresh {
-            self.catch_up_locked(&mut last_catch_up).await?;
+        let mut index = self.inner.key_index.lock().await;
+        if force || !index.is_fresh(self.inner.options.duplicate_window / 4) {
+            self.catch_up_locked(&mut index).await?;
         }
         Ok(())
     }
 
-    async fn catch_up_locked(&self, last_catch_up: &mut Option<Instant>) -> Result<(), LogError> {
+    async fn catch_up_locked(&self, index: &mut KeyIndex) -> Result<(), LogError> {
         let started = Instant::now();
         let head = self.head().await?;
-        let (mut indexed_through, mut watermark_sequence) = self.read_watermark().await?;
-        let mut next = indexed_through + 1;
-        while next <= head {
-            let count = (head - next + 1).min(CATCH_UP_CHUNK);
-            let chunk = self.ordered_range(next, count, true).await?;
-            next += count;
-            let keyed: Vec<(String, u64)> = chunk
-                .iter()
-                .map(|message| {
-                    Ok((
-                        header(&message.headers, KEY_HEADER, message.sequence)?,
-                        message.sequence,
-                    ))
-                })
-                .collect::<Result<_, LogError>>()?;
-            let known = self
-                .lookup_keys(keyed.iter().map(|(key, _)| key.as_str()))
-                .await?;
-            let mut acknowledgements = Vec::new();
-            for (key, position) in keyed.iter().filter(|(key, _)| !known.contains_key(key)) {
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                let acknowledgement = self
-                    .inner
-                    .jetstream
-                    .publish_with_headers(
-                        self.inner.subjects.key(key),
-                        headers,
-                        Bytes::from(position.to_string()),
-                    )
-                    .await
-                    .map_err(|error| {
-                        LogError::Unavailable(format!("indexing key {key}: {error}"))
-                    })?;
-                acknowledgements.push((key, *position, acknowledgement));
-            }
-            for (key, position, acknowledgement) in acknowledgements {
-                match acknowledgement.await {
-                    Ok(_) => {}
-                    // Already indexed, by a concurrent pass or for an earlier record
-                    // with the same key (which then stays the one that counts).
-                    Err(error)
-                        if error.kind()
-                            == jetstream::context::PublishErrorKind::WrongLastSequence =>
-                    {
-                        tracing::debug!(key, position, "key already indexed");
-                    }
-                    Err(error) => {
-                        return Err(LogError::Unavailable(format!(
-                            "indexing key {key}: {error}"
-                        )));
-                    }
-                }
-            }
+        if head > index.through() {
+            let from = index.through() + 1;
+            self.for_each_in_range(from, head - from + 1, true, |message| {
+                let key = header(&message.headers, KEY_HEADER, message.sequence)?;
+                index.insert(&key, message.sequence);
+                Ok(())
+            })
+            .await?;
         }
-        while indexed_through < head {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                watermark_sequence.to_string().as_str(),
-            );
-            let published = self
-                .inner
-                .jetstream
-                .publish_with_headers(
-                    self.inner.subjects.indexed_through(),
-                    headers,
-                    Bytes::from(head.to_string()),
-                )
-                .await
-                .map_err(|error| {
-                    LogError::Unavailable(format!("advancing the key index: {error}"))
-                })?
-                .await;
-            match published {
-                Ok(_) => break,
-                Err(error)
-                    if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
-                {
-                    // Another pass moved the watermark: keep whichever is further.
-                    (indexed_through, watermark_sequence) = self.read_watermark().await?;
-                }
-                Err(error) => {
-                    return Err(LogError::Unavailable(format!(
-                        "advancing the key index: {error}"
-                    )));
-                }
-            }
-        }
-        *last_catch_up = Some(started);
+        index.caught_up(started);
         Ok(())
     }
 
-    /// The position the key index is complete through, and the sequence of the
-    /// watermark message (0 when there is none) for compare-and-set.
-    async fn read_watermark(&self) -> Result<(u64, u64), LogError> {
-        let subject = self.inner.subjects.indexed_through();
-        let found = direct_get(
-            &self.inner.client,
-            &self.inner.api_prefix,
-            &self.inner.key_index_stream,
-            Request::LastOf(std::slice::from_ref(&subject)),
-            self.inner.options.request_timeout,
-        )
-        .await?;
-        match found.first() {
-            None => Ok((0, 0)),
-            Some(message) => {
-                let position = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .ok_or_else(|| {
-                        LogError::Corrupt(format!(
-                            "key index watermark {:?} is not a position",
-                            message.payload
-                        ))
-                    })?;
-                Ok((position, message.sequence))
-            }
-        }
-    }
-
-    /// The indexed position of each of `keys` that the index holds.
+    /// The stored record of each of `keys` that the key index knows (the
+    /// lowest position holding it).
     async fn lookup_keys<'k>(
         &self,
         keys: impl Iterator<Item = &'k str>,
-    ) -> Result<HashMap<String, u64>, LogError> {
-        let mut key_by_subject: HashMap<String, &str> = HashMap::new();
-        for key in keys {
-            key_by_subject.insert(self.inner.subjects.key(key), key);
-        }
-        let subjects: Vec<String> = key_by_subject.keys().cloned().collect();
+    ) -> Result<HashMap<String, Record>, LogError> {
+        let wanted: Vec<(&str, Vec<u64>)> = {
+            let index = self.inner.key_index.lock().await;
+            keys.map(|key| (key, index.candidates(key)))
+                .filter(|(_, candidates)| !candidates.is_empty())
+                .collect()
+        };
         let mut found = HashMap::new();
-        let lookups = subjects.chunks(LOOKUP_CHUNK).map(|chunk| {
-            direct_get(
-                &self.inner.client,
-                &self.inner.api_prefix,
-                &self.inner.key_index_stream,
-                Request::LastOf(chunk),
-                self.inner.options.request_timeout,
-            )
-        });
-        for messages in futures::future::try_join_all(lookups).await? {
-            for message in messages {
-                let Some(key) = key_by_subject.get(&message.subject) else {
-                    continue;
-                };
-                let position = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        LogError::Corrupt(format!("key index entry for {key} is not a position"))
-                    })?;
-                found.insert((*key).to_owned(), position);
+        for (key, candidates) in wanted {
+            for position in candidates {
+                let stored = self.record_at(position).await?;
+                // A different key here is a hash collision: try the next one.
+                if stored.key == key {
+                    found.insert(key.to_owned(), stored);
+                    break;
+                }
             }
         }
         Ok(found)
@@ -569,8 +429,25 @@ impl JetStreamLog {
         count: u64,
         headers_only: bool,
     ) -> Result<Vec<StoredMessage>, LogError> {
-        let mut messages = open_ordered(self.clone(), from, headers_only).await?;
         let mut stored = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+        self.for_each_in_range(from, count, headers_only, |message| {
+            stored.push(message);
+            Ok(())
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    /// Hands each of the `count` records from position `from` on to `each`,
+    /// in order, through one ordered consumer.
+    async fn for_each_in_range(
+        &self,
+        from: u64,
+        count: u64,
+        headers_only: bool,
+        mut each: impl FnMut(StoredMessage) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let mut messages = open_ordered(self.clone(), from, headers_only).await?;
         let mut next = from;
         while next < from + count {
             let message =
@@ -603,9 +480,9 @@ impl JetStreamLog {
                 )));
             }
             next += 1;
-            stored.push(message);
+            each(message)?;
         }
-        Ok(stored)
+        Ok(())
     }
 
     async fn direct_events(&self, request: Request<'_>) -> Result<Vec<StoredMessage>, LogError> {
@@ -714,9 +591,18 @@ impl JetStreamLog {
 
         let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
         let indexed = self.lookup_keys(first_with_key.keys().copied()).await?;
-        for (key, position) in &indexed {
+        for (key, stored) in indexed {
             let index = first_with_key[key.as_str()];
-            outcomes[index] = Some(self.compare_with_stored(&records[index], *position).await?);
+            outcomes[index] = Some(if stored.payload == records[index].payload {
+                AppendOutcome::Duplicate {
+                    position: stored.position,
+                }
+            } else {
+                return Err(LogError::KeyConflict {
+                    key,
+                    position: stored.position,
+                });
+            });
         }
         let new_records: Vec<usize> = (0..records.len())
             .filter(|&index| outcomes[index].is_none() && same_as[index].is_none())

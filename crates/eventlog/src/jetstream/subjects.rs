@@ -1,5 +1,5 @@
-//! How the JetStream backend names things: the subject of a record's stream,
-//! the subject of a key in the key index, and the escaping that keeps every
+//! How the JetStream backend names things: the subject of a record's stream
+//! and the escaping that keeps every
 //! caller-chosen string inside one NATS subject token, plus the escaping of
 //! header values. Kept apart so the scheme can be read (and tested) on its own.
 //!
@@ -98,21 +98,6 @@ impl Subjects {
             Some(format!("{}.{}", untoken(centre)?, untoken(patient)?))
         }
     }
-
-    /// `<prefix>.keys.>`: every entry of the key index.
-    pub(crate) fn all_keys(&self) -> String {
-        format!("{}.keys.>", self.prefix)
-    }
-
-    /// `<prefix>.keys.<key>`: where the key index keeps the key's position.
-    pub(crate) fn key(&self, key: &str) -> String {
-        format!("{}.keys.{}", self.prefix, token(key))
-    }
-
-    /// `<prefix>.keys-indexed`: the position up to which the key index is complete.
-    pub(crate) fn indexed_through(&self) -> String {
-        format!("{}.keys-indexed", self.prefix)
-    }
 }
 
 /// Whether `prefix` is usable as the leading tokens of every subject: one or
@@ -179,7 +164,6 @@ mod tests {
             "toxaudit.events.leeds.J_2ESmith_2E2"
         );
         assert_eq!(subjects.stream("solo"), "toxaudit.events._.solo");
-        assert_eq!(subjects.key("e-1:x"), "toxaudit.keys.e-1_3Ax");
     }
 
     #[test]
