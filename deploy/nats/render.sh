@@ -6,6 +6,8 @@
 #   deploy/nats/render.sh deploy/nats/leaf.conf.template centre=leeds \
 #       server_name=leeds-leaf client_listen=0.0.0.0:4222 ... > leeds.conf
 set -euo pipefail
+# Bash 5.2 would read & in a replacement as the matched text.
+shopt -u patsub_replacement 2>/dev/null || true
 
 if [[ $# -lt 1 ]]; then
     echo "usage: render.sh TEMPLATE [key=value]..." >&2

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Renders the config of one hub node into CONFIG_DIR/<server_name>/: hub.conf
+# from hub.conf.template and hub-accounts.conf from the centres listed in
+# CONFIG_DIR/centres (one a line, kept by add-centre.sh). Creates the hub's
+# secrets in CONFIG_DIR/secrets/hub.env (mode 0600) the first time.
+#
+#   deploy/nats/render-hub.sh --config-dir /etc/toxaudit/nats \
+#       server_name=hub-1 client_listen=0.0.0.0:4222 monitor_listen=127.0.0.1:8222 \
+#       cluster_listen=0.0.0.0:6222 leafnode_listen=0.0.0.0:7422 \
+#       store_dir=/var/lib/toxaudit-nats \
+#       routes='"nats-route://route:PASSWORD@hub-1:6222", "nats-route://route:PASSWORD@hub-2:6222", "nats-route://route:PASSWORD@hub-3:6222"'
+#
+# In routes, the literal word PASSWORD is replaced by the route password of
+# hub.env, so that it never has to be typed on a command line.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+config_dir=""
+if [[ "${1:-}" == "--config-dir" ]]; then
+    config_dir="$2"
+    shift 2
+fi
+if [[ -z "$config_dir" ]]; then
+    echo "usage: render-hub.sh --config-dir DIR server_name=... [key=value]..." >&2
+    exit 64
+fi
+mkdir -p "$config_dir/secrets"
+chmod 0700 "$config_dir/secrets"
+touch "$config_dir/centres"
+
+random_secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | head -c 32; }
+
+hub_env="$config_dir/secrets/hub.env"
+if [[ ! -f "$hub_env" ]]; then
+    (
+        umask 077
+        {
+            echo "TOXAUDIT_SYS_PASSWORD=$(random_secret)"
+            echo "TOXAUDIT_ROUTE_PASSWORD=$(random_secret)"
+            echo "TOXAUDIT_NETWORK_ADMIN_PASSWORD=$(random_secret)"
+            echo "TOXAUDIT_NETWORK_REPORTING_PASSWORD=$(random_secret)"
+        } >"$hub_env"
+    )
+fi
+route_password="$(sed -n 's/^TOXAUDIT_ROUTE_PASSWORD=//p' "$hub_env")"
+
+server_name=""
+values=()
+for assignment in "$@"; do
+    case "$assignment" in
+        server_name=*) server_name="${assignment#server_name=}" ;;
+    esac
+    values+=("${assignment//PASSWORD/$route_password}")
+done
+if [[ ! "$server_name" =~ ^[A-Za-z0-9_-]+$ ]]; then
+    echo "render-hub.sh: server_name=NAME is required ([A-Za-z0-9_-])" >&2
+    exit 64
+fi
+
+node_dir="$config_dir/$server_name"
+mkdir -p "$node_dir"
+"$here/render.sh" "$here/hub.conf.template" "${values[@]}" >"$node_dir/hub.conf"
+"$here/render-hub-accounts.sh" "$config_dir" >"$node_dir/hub-accounts.conf"
+echo "rendered $node_dir/hub.conf and hub-accounts.conf" >&2
