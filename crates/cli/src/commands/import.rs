@@ -35,8 +35,15 @@ const WARNINGS_SHOWN: usize = 100;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The embedded log's data directory (created if missing).
-    #[arg(long, env = "TOXAUDIT_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "TOXAUDIT_DATA_DIR",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
     /// Append the accepted lines even when others are refused.
     #[arg(long)]
     skip_invalid: bool,
@@ -68,8 +75,11 @@ struct Plan {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some(data_dir) = &args.data_dir else {
+        return super::remote::import(&args.server, &args.files, args.skip_invalid);
+    };
     let runtime = super::runtime()?;
-    let log = super::open_log(&args.data_dir)?;
+    let log = super::open_log(data_dir)?;
     let today = super::today();
 
     let mut admission = Admission::default();
@@ -236,7 +246,7 @@ async fn append(log: &dyn EventLog, records: Vec<NewRecord>) -> anyhow::Result<u
 
 /// Calls `visit(line_number, line)` for every non-blank line of `path`;
 /// line numbers count every physical line from 1.
-fn for_each_line(
+pub(super) fn for_each_line(
     path: &Path,
     progress: &ProgressBar,
     mut visit: impl FnMut(u64, &str),

@@ -5,6 +5,7 @@ pub mod demo_data;
 pub mod export;
 pub mod import;
 pub mod patient;
+pub mod remote;
 pub mod report;
 pub mod serve;
 pub mod token;

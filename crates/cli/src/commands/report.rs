@@ -15,8 +15,15 @@ use reporting::render::{Format, render};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The embedded log's data directory.
-    #[arg(long, env = "TOXAUDIT_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "TOXAUDIT_DATA_DIR",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
     /// json (the rules.md shape), table, md, csv or html.
     #[arg(long, default_value = "table")]
     format: Format,
@@ -104,8 +111,17 @@ impl ViewArgs {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some(data_dir) = &args.data_dir else {
+        // The server folds the log with the rule set's defaults, live.
+        anyhow::ensure!(
+            args.view.params.is_empty() && args.view.as_of.is_none(),
+            "--param and --as-of work on a log read from --data-dir, not with --server"
+        );
+        let scope = args.centre.as_ref().map_or("all", Centre::as_str);
+        return super::remote::report(&args.server, scope, args.format);
+    };
     let centre = args.centre.clone();
-    let mut cohort = args.view.fold(&args.data_dir, |recorded| {
+    let mut cohort = args.view.fold(data_dir, |recorded| {
         centre
             .as_ref()
             .is_none_or(|centre| *centre == recorded.event.centre)

@@ -3,6 +3,7 @@
 
 mod audit;
 mod import_export;
+mod server;
 
 use std::path::Path;
 

@@ -1,0 +1,250 @@
+//! `toxaudit import|report --server URL --token T`: the same commands through
+//! the gRPC services instead of an embedded log in a local directory.
+//!
+//! An import through the server checks every line against the contract
+//! locally first (so a bad file is refused with `FILE:LINE: field: reason`
+//! and nothing is sent), then sends the events in `Ingest.Append` requests of
+//! up to [`EVENTS_PER_REQUEST`] events. Each request is all or nothing on
+//! the server, which checks it against the log; a file that fits in one
+//! request (most clinic files) is therefore imported all or nothing, exactly
+//! like `--data-dir`. A larger file is imported request by request: when one
+//! is refused, the requests before it stay appended (importing the fixed file
+//! again is safe, what is stored comes back as duplicates).
+
+use std::{collections::HashSet, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use domain::audit::AuditReport;
+use indicatif::ProgressBar;
+use reporting::render::{Format, render};
+use service_kit::client::{ServiceClient, refused_events};
+
+use super::import::for_each_line;
+
+/// Events per `Ingest.Append` request: one atomic batch on the server, well
+/// under its 64 MiB message limit.
+pub const EVENTS_PER_REQUEST: usize = 50_000;
+
+/// How to reach the services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The services' gRPC address, e.g. http://127.0.0.1:50051 (instead of --data-dir).
+    #[arg(long, env = "TOXAUDIT_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token (see `toxaudit token issue`).
+    #[arg(
+        long,
+        env = "TOXAUDIT_TOKEN",
+        requires = "server",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// server.
+    #[arg(long, requires = "server")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    async fn connect(&self) -> anyhow::Result<ServiceClient> {
+        let server = self
+            .server
+            .as_deref()
+            .context("--server is required here")?;
+        let token = self
+            .token
+            .as_deref()
+            .context("--token (or TOXAUDIT_TOKEN) is required with --server")?;
+        Ok(ServiceClient::connect(server, token, self.ca_cert.as_deref()).await?)
+    }
+}
+
+/// Where a sent event came from, to name its line in a refusal.
+type Origin = (usize, u64);
+
+/// Totals of an import through the server.
+#[derive(Debug, Default)]
+struct Totals {
+    appended: u64,
+    duplicates: u64,
+    refused: u64,
+    warnings: u64,
+}
+
+pub fn import(
+    server: &ServerArgs,
+    files: &[PathBuf],
+    skip_invalid: bool,
+) -> anyhow::Result<ExitCode> {
+    let today = super::today();
+    let mut totals = Totals::default();
+
+    // The contract check of every line, before anything is sent.
+    let quiet = ProgressBar::hidden();
+    for path in files {
+        for_each_line(path, &quiet, |line_number, line| {
+            if let Err(refusal) = domain::ndjson::parse_line(line, today) {
+                totals.refused += 1;
+                for reason in &refusal.reasons {
+                    println!("{}:{line_number}: {reason}", path.display());
+                }
+            }
+        })?;
+    }
+    if totals.refused > 0 && !skip_invalid {
+        eprintln!(
+            "refused: {} line(s) refused, nothing sent to the server",
+            totals.refused
+        );
+        return Ok(ExitCode::from(1));
+    }
+
+    let runtime = super::runtime()?;
+    let client = runtime.block_on(server.connect())?;
+    let mut batch: Vec<(Origin, proto::v1::Event)> = Vec::new();
+    // The first failure (or refusal) stops the import.
+    let mut stopped: Option<anyhow::Result<Sent>> = None;
+    for (file_index, path) in files.iter().enumerate() {
+        for_each_line(path, &quiet, |line_number, line| {
+            if stopped.is_some() {
+                return;
+            }
+            let Ok(event) = domain::ndjson::parse_line(line, today) else {
+                return;
+            };
+            batch.push(((file_index, line_number), proto::v1::Event::from(&event)));
+            if batch.len() == EVENTS_PER_REQUEST {
+                let full = std::mem::take(&mut batch);
+                match runtime.block_on(send(&client, full, files, skip_invalid, &mut totals)) {
+                    Ok(Sent::Accepted) => {}
+                    other => stopped = Some(other),
+                }
+            }
+        })?;
+    }
+    let last = match stopped {
+        Some(outcome) => outcome,
+        None if batch.is_empty() => Ok(Sent::Accepted),
+        None => runtime.block_on(send(&client, batch, files, skip_invalid, &mut totals)),
+    };
+    if let Sent::Refused = last? {
+        eprintln!(
+            "refused: the server refused a request, which appended nothing \
+             ({} event(s) appended by earlier requests)",
+            totals.appended
+        );
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!(
+        "appended {}, duplicates {}, refused {}, warnings {}",
+        totals.appended, totals.duplicates, totals.refused, totals.warnings
+    );
+    Ok(if totals.refused > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Sends one batch. When the server refuses it, prints every refusal with
+/// its line and, with `--skip-invalid`, sends the batch again without the
+/// refused events (their dependants may be refused in turn) until it is
+/// accepted or empty; without it, stops the import.
+async fn send(
+    client: &ServiceClient,
+    mut batch: Vec<(Origin, proto::v1::Event)>,
+    files: &[PathBuf],
+    skip_invalid: bool,
+    totals: &mut Totals,
+) -> anyhow::Result<Sent> {
+    while !batch.is_empty() {
+        let events = batch.iter().map(|(_, event)| event.clone()).collect();
+        match client.append(events).await {
+            Ok(response) => {
+                for (outcome, (origin, _)) in response.outcomes.iter().zip(&batch) {
+                    if outcome.duplicate {
+                        totals.duplicates += 1;
+                    } else {
+                        totals.appended += 1;
+                    }
+                    for warning in &outcome.warnings {
+                        totals.warnings += 1;
+                        eprintln!(
+                            "{}:{}: warning: {}: {}",
+                            files[origin.0].display(),
+                            origin.1,
+                            warning.field,
+                            warning.reason
+                        );
+                    }
+                }
+                return Ok(Sent::Accepted);
+            }
+            Err(status) => {
+                let Some(refused) = refused_events(&status) else {
+                    anyhow::bail!("the server refused the import: {}", status.message());
+                };
+                let mut refused_indexes: HashSet<usize> = HashSet::new();
+                for event in &refused.events {
+                    let index = event.index as usize;
+                    let Some((origin, _)) = batch.get(index) else {
+                        continue;
+                    };
+                    refused_indexes.insert(index);
+                    for reason in &event.reasons {
+                        println!(
+                            "{}:{}: {}: {}",
+                            files[origin.0].display(),
+                            origin.1,
+                            reason.field,
+                            reason.reason
+                        );
+                    }
+                }
+                anyhow::ensure!(
+                    !refused_indexes.is_empty(),
+                    "the server refused the import: {}",
+                    status.message()
+                );
+                totals.refused += refused_indexes.len() as u64;
+                if !skip_invalid {
+                    return Ok(Sent::Refused);
+                }
+                batch = batch
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(index, _)| !refused_indexes.contains(index))
+                    .map(|(_, item)| item)
+                    .collect();
+            }
+        }
+    }
+    Ok(Sent::Accepted)
+}
+
+/// How a request ended.
+#[derive(Debug)]
+enum Sent {
+    /// Appended (possibly after dropping refused events with --skip-invalid).
+    Accepted,
+    /// Refused, reasons printed; the import stops.
+    Refused,
+}
+
+pub fn report(server: &ServerArgs, scope: &str, format: Format) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    let report = runtime.block_on(async {
+        let client = server.connect().await?;
+        client
+            .get_report(scope)
+            .await
+            .map_err(|status| anyhow::anyhow!("GetReport: {}", status.message()))
+    })?;
+    let report: AuditReport =
+        serde_json::from_str(&report.json).context("reading the server's report")?;
+    let mut text = render(&report, format);
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
