@@ -341,6 +341,33 @@ async fn the_directory_lock_keeps_a_second_log_out() -> Result<()> {
 }
 
 #[tokio::test]
+async fn open_creates_a_missing_data_directory() -> Result<()> {
+    let parent = TempDir::new()?;
+    let dir = parent.path().join("data").join("eventlog");
+    let log = open_log(&dir, EmbeddedOptions::default()).await?;
+    ensure!(log.dir() == dir);
+    log.append(AppendBatch::new(vec![record("e-1", "leeds.L-1", "one")]))
+        .await?;
+    ensure!(segment_paths(&dir)?.len() == 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tail_ends_with_unavailable_when_the_log_is_closed() -> Result<()> {
+    let dir = TempDir::new()?;
+    let log = open_log(dir.path(), EmbeddedOptions::default()).await?;
+    log.append(AppendBatch::new(vec![record("e-1", "leeds.L-1", "one")]))
+        .await?;
+    let mut tail = log.tail(1);
+    ensure!(tail.next().await.context("tail ended")??.position == 1);
+    log.close().await;
+    let last = tail.next().await.context("tail ended without saying why")?;
+    ensure!(matches!(last, Err(LogError::Unavailable(_))), "{last:?}");
+    ensure!(tail.next().await.is_none(), "the tail ends after the error");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_oversized_payload_is_refused() -> Result<()> {
     let dir = TempDir::new()?;
     let log = open_log(
