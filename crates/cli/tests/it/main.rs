@@ -1,6 +1,9 @@
 //! Integration tests of the `toxaudit` binary: real processes on a real
 //! embedded log in a temporary directory.
 
+// Helpers outside #[test] functions panic with a message on purpose too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod audit;
 mod import_export;
 mod server;
