@@ -64,6 +64,10 @@ demo: release ## import the founding audit's demo cohort, print the audit, then 
 	$(TOXAUDIT) up --data-dir $(DEMO_DIR)/data --jwt-secret-file $(DEMO_DIR)/jwt.secret \
 	  --grpc-addr $(DEMO_GRPC_ADDR) --http-addr $(DEMO_HTTP_ADDR)
 
+.PHONY: multisite-demo
+multisite-demo: release ## a hub of three nats-servers and two centres' leaf nodes on this machine: import per centre, print the network report
+	scripts/multisite-demo.sh
+
 .PHONY: bench
 bench: ## run the benchmarks (see docs/performance.md)
 	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) bench --workspace
