@@ -123,6 +123,8 @@ const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 /// Reads up to this many records use a direct get, longer ones a consumer.
 const DIRECT_READ_MAX: usize = 256;
+/// Records read at once to check keys the index knows.
+const LOOKUP_READS_IN_FLIGHT: usize = 64;
 /// How often an append retries after the server reported a key inside the
 /// duplicate window that the index did not know yet.
 const APPEND_ATTEMPTS: usize = 3;
@@ -400,24 +402,40 @@ impl JetStreamLog {
         &self,
         keys: impl Iterator<Item = &'k str>,
     ) -> Result<HashMap<String, Record>, LogError> {
-        let wanted: Vec<(&str, Vec<u64>)> = {
+        let wanted: Vec<(String, Vec<u64>)> = {
             let index = self.inner.key_index.lock().await;
-            keys.map(|key| (key, index.candidates(key)))
+            keys.map(|key| (key.to_owned(), index.candidates(key)))
                 .filter(|(_, candidates)| !candidates.is_empty())
                 .collect()
         };
+        // One read per candidate, many in flight: a retried batch of a
+        // thousand records must not cost a thousand round trips in a row.
         let mut found = HashMap::new();
-        for (key, candidates) in wanted {
-            for position in candidates {
-                let stored = self.record_at(position).await?;
-                // A different key here is a hash collision: try the next one.
-                if stored.key == key {
-                    found.insert(key.to_owned(), stored);
-                    break;
-                }
+        let mut reads = futures::stream::iter(wanted)
+            .map(|(key, candidates)| self.find_key(key, candidates))
+            .buffer_unordered(LOOKUP_READS_IN_FLIGHT);
+        while let Some(read) = reads.next().await {
+            if let Some(stored) = read? {
+                found.insert(stored.key.clone(), stored);
             }
         }
         Ok(found)
+    }
+
+    /// The record among `candidates` that holds `key`, if any (another key
+    /// there is a hash collision).
+    async fn find_key(
+        &self,
+        key: String,
+        candidates: Vec<u64>,
+    ) -> Result<Option<Record>, LogError> {
+        for position in candidates {
+            let stored = self.record_at(position).await?;
+            if stored.key == key {
+                return Ok(Some(stored));
+            }
+        }
+        Ok(None)
     }
 
     /// The `count` records from position `from` on (all of which must exist),
@@ -572,16 +590,14 @@ impl JetStreamLog {
         // Keys seen earlier in the same batch: a repeat is that record again.
         let mut first_with_key: HashMap<&str, usize> = HashMap::new();
         let mut same_as: Vec<Option<usize>> = vec![None; records.len()];
+        let mut repeated_with_other_content = None;
         for (index, record) in records.iter().enumerate() {
             match first_with_key.get(record.key.as_str()) {
                 Some(&first) if records[first].payload == record.payload => {
                     same_as[index] = Some(first)
                 }
                 Some(_) => {
-                    return Err(LogError::KeyConflict {
-                        key: record.key.clone(),
-                        position: 0,
-                    });
+                    repeated_with_other_content.get_or_insert(record.key.as_str());
                 }
                 None => {
                     first_with_key.insert(&record.key, index);
@@ -591,6 +607,13 @@ impl JetStreamLog {
 
         let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
         let indexed = self.lookup_keys(first_with_key.keys().copied()).await?;
+        if let Some(key) = repeated_with_other_content {
+            // Conflicting with itself; with the stored record too when there is one.
+            return Err(LogError::KeyConflict {
+                key: key.to_owned(),
+                position: indexed.get(key).map_or(0, |stored| stored.position),
+            });
+        }
         for (key, stored) in indexed {
             let index = first_with_key[key.as_str()];
             outcomes[index] = Some(if stored.payload == records[index].payload {

@@ -262,3 +262,42 @@ async fn a_stream_of_another_deployment_prefix_is_left_alone() -> Result<()> {
     ensure!(first_read.len() == 1 && first_read[0].payload == Bytes::from_static(b"one"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retried_full_batch_is_answered_from_the_key_index() -> Result<()> {
+    let server = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
+    let batch: Vec<_> = (1..=eventlog::jetstream::MAX_ATOMIC_BATCH)
+        .map(|n| {
+            record(
+                &format!("e-{n}"),
+                &format!("leeds.L-{}", n % 13),
+                &format!("{n}"),
+            )
+        })
+        .collect();
+    log.append(AppendBatch::new(batch.clone())).await?;
+    // As if the duplicate window had passed: only the index can answer now.
+    log.catch_up_key_index().await?;
+    let again = log.append(AppendBatch::new(batch)).await?;
+    let expected: Vec<_> = (1..=eventlog::jetstream::MAX_ATOMIC_BATCH as u64)
+        .map(|position| AppendOutcome::Duplicate { position })
+        .collect();
+    ensure!(
+        again == expected,
+        "every record is a duplicate at its own position"
+    );
+
+    let conflicting = log
+        .append(AppendBatch::new(vec![
+            record("e-7", "leeds.L-7", "7"),
+            record("e-7", "leeds.L-7", "seven"),
+        ]))
+        .await;
+    ensure!(
+        matches!(&conflicting, Err(LogError::KeyConflict { key, position: 7 }) if key == "e-7"),
+        "a key repeated with other content names where it is stored: {conflicting:?}"
+    );
+    ensure!(log.head().await? == 1000);
+    Ok(())
+}
