@@ -337,15 +337,17 @@ async fn browser(profile: &Path) -> anyhow::Result<(Process, Client)> {
 }
 
 /// The text of the element with `data-metric="name"`, if it is on the page.
+/// Read in one script, so a live update between finding the element and
+/// reading it cannot leave a stale reference.
 async fn metric(client: &Client, name: &str) -> anyhow::Result<Option<String>> {
-    match client
-        .find(Locator::Css(&format!(r#"[data-metric="{name}"]"#)))
-        .await
-    {
-        Ok(element) => Ok(Some(element.text().await?.trim().to_owned())),
-        Err(error) if error.is_no_such_element() => Ok(None),
-        Err(error) => Err(error.into()),
-    }
+    let text = client
+        .execute(
+            "const element = document.querySelector(`[data-metric=\"${arguments[0]}\"]`); \
+             return element ? element.textContent.trim() : null;",
+            vec![serde_json::json!(name)],
+        )
+        .await?;
+    Ok(text.as_str().map(str::to_owned))
 }
 
 /// Polls the page until every named metric shows its expected text.
@@ -689,5 +691,199 @@ async fn metrics_parse_as_prometheus_text_and_equal_the_json_report() -> anyhow:
         status == 200 && body.contains("serving"),
         "/healthz: {status} {body}"
     );
+    Ok(())
+}
+
+/// A Server-Sent Events stream read off a plain socket.
+struct EventStream {
+    stream: tokio::net::TcpStream,
+    buffer: String,
+}
+
+/// One server-sent event: its type, id (if any) and data.
+#[derive(Debug)]
+struct ServerEvent {
+    event: String,
+    id: Option<u64>,
+    data: serde_json::Value,
+}
+
+impl EventStream {
+    async fn open(
+        address: &str,
+        path: &str,
+        token: &str,
+        last_event_id: Option<u64>,
+    ) -> anyhow::Result<EventStream> {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        // HTTP/1.0: the body is the raw event stream, not chunked.
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut events = EventStream {
+            stream,
+            buffer: String::new(),
+        };
+        let head = events.read_until("\r\n\r\n").await?;
+        ensure!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "stream refused: {head}"
+        );
+        ensure!(
+            head.contains("text/event-stream"),
+            "not an event stream: {head}"
+        );
+        Ok(events)
+    }
+
+    /// Reads until `separator` and returns what came before it.
+    async fn read_until(&mut self, separator: &str) -> anyhow::Result<String> {
+        let started = Instant::now();
+        loop {
+            if let Some(index) = self.buffer.find(separator) {
+                let part = self.buffer[..index].to_owned();
+                self.buffer.drain(..index + separator.len());
+                return Ok(part);
+            }
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            let mut chunk = [0_u8; 8192];
+            let read = tokio::time::timeout(left, self.stream.read(&mut chunk))
+                .await
+                .context("timed out reading the event stream")??;
+            ensure!(read > 0, "the event stream ended");
+            self.buffer.push_str(std::str::from_utf8(&chunk[..read])?);
+        }
+    }
+
+    /// The next event that has data (keep-alive comments are skipped).
+    async fn next(&mut self) -> anyhow::Result<ServerEvent> {
+        loop {
+            let block = self.read_until("\n\n").await?;
+            let mut event = "message".to_owned();
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("id:") {
+                    id = Some(value.trim().parse()?);
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+            if !data.is_empty() {
+                return Ok(ServerEvent {
+                    event,
+                    id,
+                    data: serde_json::from_str(&data)?,
+                });
+            }
+        }
+    }
+
+    /// The next `report` event, skipping feed and lag events.
+    async fn next_report(&mut self) -> anyhow::Result<ServerEvent> {
+        loop {
+            let event = self.next().await?;
+            if event.event == "report" {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_carries_log_positions_and_resumes_after_the_last_event_id()
+-> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let up = start_up(directory.path())?;
+    let lines = baseline();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    append(&up, &lines).await?;
+    let folded = lines.len() as u64;
+    let auditor = token("all", Role::Auditor)?;
+
+    // A fresh stream gets the report at once, its id the log position, and
+    // the recent feed: items name the pseudonym and never the author.
+    let mut fresh =
+        EventStream::open(&up.http_address, "/api/stream?scope=all", &auditor, None).await?;
+    let mut current_report = None;
+    let mut feed_item = None;
+    while current_report.is_none() || feed_item.is_none() {
+        let event = fresh.next().await?;
+        match event.event.as_str() {
+            "report" if event.id == Some(folded) => current_report = Some(event),
+            "feed" => feed_item = Some(event),
+            _ => {}
+        }
+    }
+    let (report, feed) = (
+        current_report.context("no report")?,
+        feed_item.context("no feed item")?,
+    );
+    ensure!(report.data["report"]["scopes"]["all"]["patients"] == 2);
+    ensure!(report.data["position"] == folded);
+    ensure!(
+        feed.data["item"]["patient"].is_string(),
+        "feed item without a pseudonym: {feed:?}"
+    );
+    ensure!(
+        !feed.data.to_string().contains("admin@all"),
+        "a feed item names who recorded it: {feed:?}"
+    );
+
+    // Resuming from an older position sends the current report at once.
+    let mut behind = EventStream::open(
+        &up.http_address,
+        "/api/stream?scope=all",
+        &auditor,
+        Some(folded - 3),
+    )
+    .await?;
+    ensure!(behind.next_report().await?.id == Some(folded));
+
+    // Resuming from the current position sends no report until the log
+    // moves: the first one then is past it.
+    let mut resumed = EventStream::open(
+        &up.http_address,
+        "/api/stream?scope=all",
+        &auditor,
+        Some(folded),
+    )
+    .await?;
+    append(&up, &LIVE).await?;
+    let next = resumed.next_report().await?;
+    let id = next.id.context("a report without an id")?;
+    ensure!(id > folded, "a resumed stream was sent position {id} again");
+    ensure!(next.data["report"]["scopes"]["all"]["patients"].as_u64() >= Some(2));
+
+    // A clinician's stream is confined to their centre.
+    let clinician = token("leeds", Role::Clinician)?;
+    let mut leeds = EventStream::open(
+        &up.http_address,
+        "/api/stream?scope=leeds",
+        &clinician,
+        None,
+    )
+    .await?;
+    let report = leeds.next_report().await?;
+    let scopes: Vec<&String> = report.data["report"]["scopes"]
+        .as_object()
+        .context("no scopes")?
+        .keys()
+        .collect();
+    ensure!(
+        scopes == ["leeds"],
+        "a leeds clinician's stream has scopes {scopes:?}"
+    );
+    ensure!(!report.data["html"].to_string().contains("york"));
     Ok(())
 }
