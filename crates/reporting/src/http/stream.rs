@@ -147,6 +147,8 @@ async fn follow(
     loop {
         tokio::select! {
             () = &mut stopped => return,
+            // The browser went away: stop at once, not at the next change.
+            () = sender.closed() => return,
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return;
