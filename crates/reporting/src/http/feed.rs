@@ -39,6 +39,9 @@ const REMEMBERED_PATIENTS: usize = 50_000;
 /// How many records the follower reads at once.
 const READ_BATCH: usize = 256;
 
+/// How long the follower pauses between batches while the log races ahead.
+const RACING_PACE: Duration = Duration::from_millis(200);
+
 /// How long the follower waits before reading again after a log error.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
@@ -300,7 +303,10 @@ impl Follower {
                     Err(_) => return,
                 },
             };
-            if target - next >= FEED_CAPACITY as u64 {
+            // Far behind (an import): only the newest records matter, and
+            // the feed's work is paced so it never competes with the fold.
+            let racing = target - next >= FEED_CAPACITY as u64;
+            if racing {
                 next = target + 1 - FEED_CAPACITY as u64;
             }
             let wanted = usize::try_from(target - next + 1)
@@ -329,6 +335,12 @@ impl Follower {
                         () = &mut stopped => return,
                         () = tokio::time::sleep(RETRY_AFTER_ERROR) => {}
                     }
+                }
+            }
+            if racing {
+                tokio::select! {
+                    () = &mut stopped => return,
+                    () = tokio::time::sleep(RACING_PACE) => {}
                 }
             }
         }

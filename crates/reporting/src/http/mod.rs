@@ -118,7 +118,8 @@ impl DashboardServer {
     /// waits on a browser that stays connected.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), HttpError> {
         let DashboardConfig { live, log, secret } = self.config;
-        let (snapshots, publisher) = snapshot::Snapshots::start(live.clone(), Arc::clone(&log));
+        let (snapshots, publisher) =
+            snapshot::Snapshots::start(live.clone(), Arc::clone(&log)).await;
         let (feed, follower) = feed::Feed::start(live, Arc::clone(&log));
         let state = AppState {
             secret,

@@ -9,7 +9,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use domain::audit::AuditReport;
@@ -72,8 +72,23 @@ pub(crate) struct Snapshots {
 impl Snapshots {
     /// Takes the first snapshot now and returns the publisher that keeps it
     /// current (to be run until shutdown).
-    pub fn start(live: LiveReport, log: Arc<dyn EventLog>) -> (Self, Publisher) {
-        let (position, report) = live.report();
+    pub async fn start(live: LiveReport, log: Arc<dyn EventLog>) -> (Self, Publisher) {
+        // A first report over a large checkpoint takes a while: off the
+        // async threads. Should that task fail, start from an empty report;
+        // the publisher replaces it at once.
+        let for_report = live.clone();
+        let (position, report) = tokio::task::spawn_blocking(move || for_report.report())
+            .await
+            .unwrap_or_else(|_| {
+                (
+                    0,
+                    AuditReport {
+                        rule_set: domain::audit::RULE_SET.to_owned(),
+                        parameters: None,
+                        scopes: Default::default(),
+                    },
+                )
+            });
         let first = Snapshot {
             position,
             report: Arc::new(report),
@@ -116,12 +131,17 @@ impl Publisher {
         let stopped = shutdown.wait();
         tokio::pin!(stopped);
         loop {
+            let started = Instant::now();
             self.publish().await;
             // Bounded rate: whatever is folded during the pause goes into
-            // the next snapshot.
+            // the next snapshot. A report holds the projection's lock while
+            // it is computed, so when that is slow (a large cohort during an
+            // import) the pause grows to keep the fold at least four fifths
+            // of the time.
+            let pause = pace.max(started.elapsed().saturating_mul(4));
             tokio::select! {
                 () = &mut stopped => return,
-                () = tokio::time::sleep(pace) => {}
+                () = tokio::time::sleep(pause) => {}
             }
             tokio::select! {
                 () = &mut stopped => return,
