@@ -62,7 +62,13 @@
     setConnection("live", "live");
   });
   source.addEventListener("error", function () {
-    setConnection("reconnecting", "reconnecting…");
+    // CLOSED: the server refused the stream (an expired token, say); the
+    // browser will not retry, so say what to do.
+    if (source.readyState === EventSource.CLOSED) {
+      setConnection("closed", "not live: reload, or sign in again");
+    } else {
+      setConnection("reconnecting", "reconnecting…");
+    }
   });
   source.addEventListener("report", function (event) {
     var message = JSON.parse(event.data);

@@ -343,11 +343,12 @@ pub(crate) fn feed_item_html(item: &FeedItem) -> String {
         .get(11..19)
         .unwrap_or(item.recorded_at.as_str());
     format!(
-        r#"<li class="feed-item {kind} {tone}" data-sequence="{sequence}" data-centre="{centre}"><div class="feed-meta"><span class="feed-time">{time}</span><span class="feed-who">{centre} · {patient}</span></div><div class="feed-title">{title}</div><div class="feed-detail">{detail}<span class="feed-date">{occurred_on}</span></div></li>"#,
+        r#"<li class="feed-item {kind} {tone}" data-sequence="{sequence}" data-centre="{centre}"><div class="feed-meta"><span class="feed-time" title="recorded {recorded_at}">{time}</span><span class="feed-who">{centre} · {patient}</span></div><div class="feed-title">{title}</div><div class="feed-detail">{detail}<span class="feed-date">{occurred_on}</span></div></li>"#,
         kind = item.kind,
         tone = item.tone,
         sequence = item.sequence,
         time = escape(time),
+        recorded_at = escape(&item.recorded_at),
         centre = escape(&item.centre),
         patient = escape(&item.patient),
         title = escape(&item.title),
