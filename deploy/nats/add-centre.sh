@@ -47,7 +47,9 @@ if [[ ! -f "$hub_env" ]]; then
     exit 66
 fi
 
-random_secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | head -c 32; }
+# nats-server reads an environment value as a config value: a secret that
+# began with a digit would parse as a number, so each starts with a letter.
+random_secret() { printf 's%s' "$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 31)"; }
 umask 077
 
 # 1. The centre list and the hub's accounts.

@@ -28,7 +28,9 @@ mkdir -p "$config_dir/secrets"
 chmod 0700 "$config_dir/secrets"
 touch "$config_dir/centres"
 
-random_secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | head -c 32; }
+# nats-server reads an environment value as a config value: a secret that
+# began with a digit would parse as a number, so each starts with a letter.
+random_secret() { printf 's%s' "$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 31)"; }
 
 hub_env="$config_dir/secrets/hub.env"
 if [[ ! -f "$hub_env" ]]; then

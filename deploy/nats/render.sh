@@ -16,14 +16,19 @@ fi
 template="$1"
 shift
 text="$(cat "$template")"
+# A later key=value overrides an earlier one with the same key, so callers
+# can pass defaults first and the operator's choices after them.
+declare -A values=()
 for assignment in "$@"; do
     key="${assignment%%=*}"
-    value="${assignment#*=}"
     if [[ "$key" == "$assignment" || ! "$key" =~ ^[a-z_]+$ ]]; then
         echo "render.sh: '$assignment' is not key=value with a key of [a-z_]" >&2
         exit 64
     fi
-    text="${text//\{\{$key\}\}/$value}"
+    values[$key]="${assignment#*=}"
+done
+for key in "${!values[@]}"; do
+    text="${text//\{\{$key\}\}/${values[$key]}}"
 done
 if left="$(grep -o '{{[a-z_]*}}' <<<"$text" | sort -u | tr '\n' ' ')" && [[ -n "$left" ]]; then
     echo "render.sh: $template: no value for ${left}" >&2

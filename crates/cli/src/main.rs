@@ -39,6 +39,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Issue bearer tokens for the services.
     Token(commands::token::Args),
+    /// Multi-site deployments: create or extend the hub's network stream.
+    Network(commands::network::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Network(args) => commands::network::run(args),
     };
     match outcome {
         Ok(code) => code,

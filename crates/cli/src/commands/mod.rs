@@ -4,6 +4,7 @@
 pub mod demo_data;
 pub mod export;
 pub mod import;
+pub mod network;
 pub mod patient;
 pub mod remote;
 pub mod report;
