@@ -67,10 +67,15 @@ wait_until() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-healthy() { curl -fsS "http://127.0.0.1:$1/healthz?js-enabled-only=true" >/dev/null; }
+# http_get URL: the body, or a failure for anything but a 2xx answer.
+http_get() {
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$1"
+}
+healthy() { http_get "http://127.0.0.1:$1/healthz?js-enabled-only=true" >/dev/null; }
+leaf_linked() { http_get "http://127.0.0.1:$1/leafz" | grep -q '"name": "hub-'; }
 
 [[ -x "$toxaudit" ]] || fail "$toxaudit is missing: run make release first"
-command -v curl >/dev/null || fail "curl is needed"
+command -v python3 >/dev/null || fail "python3 is needed (it also installs nats-server)"
 nats_server="$(scripts/ensure-nats-server.sh)"
 
 rm -rf "$work"
@@ -125,8 +130,7 @@ for centre in "${centres[@]}"; do
 done
 for centre in "${centres[@]}"; do
     wait_until "the $centre leaf node" healthy "${leaf_monitor[$centre]}"
-    wait_until "the $centre leaf link" bash -c \
-        "curl -fsS 'http://127.0.0.1:${leaf_monitor[$centre]}/leafz' | grep -q '\"name\": \"hub-'"
+    wait_until "the $centre leaf link" leaf_linked "${leaf_monitor[$centre]}"
 done
 
 admin_password="$(sed -n 's/^TOXAUDIT_NETWORK_ADMIN_PASSWORD=//p' "$config/secrets/hub.env")"
