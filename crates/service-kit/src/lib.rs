@@ -14,7 +14,6 @@ pub mod checkpoint;
 pub mod client;
 pub mod error;
 pub mod follow;
-pub mod http;
 pub mod server;
 
 pub use auth::{AuthInterceptor, JwtSecret, Principal, ReadScope, Role};
