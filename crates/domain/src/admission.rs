@@ -13,6 +13,11 @@
 //! that writes, so its memory is kept compact: each event id is stored once
 //! in one text arena, found through a table of 64-bit hashes; patients are
 //! interned as indexes; an event costs about 40 bytes plus its id.
+//!
+//! The state is checkpointed as an [`AdmissionSnapshot`]: the id arena, the
+//! stored events, the patients and the centres' pseudonyms. The hash index
+//! of ids is not stored; it is rebuilt on restore, which also proves the
+//! snapshot's chains of ids sharing a hash are the ones the fold made.
 
 use std::{
     collections::HashMap,
@@ -26,7 +31,10 @@ use crate::{
     event::{Event, EventBody, EventType},
     ids::Centre,
     ndjson,
+    snapshot::SnapshotError,
 };
+
+use serde::{Deserialize, Serialize};
 
 /// Whose events a writer may write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +81,7 @@ pub const MINIMUM_INTERVAL_DAYS: i64 = 84;
 const NO_EVENT: u32 = u32::MAX;
 
 /// What admission remembers of one stored event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct StoredEvent {
     /// xxh3-128 of the canonical line, as two halves to keep the struct
     /// 8-byte aligned (and so 40 bytes, not 48).
@@ -88,16 +96,39 @@ struct StoredEvent {
     next_same_hash: u32,
     /// Length of the id in the arena (at most 64).
     id_length: u8,
+    #[serde(with = "crate::snapshot::code")]
     event_type: EventType,
     voided: bool,
 }
 
 /// What admission remembers of one patient.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PatientState {
     registered: bool,
     /// Live (not voided) injections: (clinical date in days, event index).
     live_injections: Vec<(i32, u32)>,
+}
+
+/// The format of an [`AdmissionSnapshot`]: bumped whenever the stored
+/// structs change shape or meaning, so an old snapshot is refused.
+pub const ADMISSION_SNAPSHOT_FORMAT: u32 = 1;
+
+/// The admission state as a plain serde value (see [`Admission::snapshot`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmissionSnapshot {
+    format: u32,
+    id_arena: String,
+    events: Vec<StoredEvent>,
+    /// Centres in interned order, each with its pseudonyms → patient index.
+    centres: Vec<(String, Vec<(String, u32)>)>,
+    patients: Vec<PatientState>,
+}
+
+impl AdmissionSnapshot {
+    /// Number of events the snapshot's state had folded in.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
 }
 
 /// The log state that admission checks against: a fold of stored events.
@@ -129,6 +160,113 @@ impl fmt::Debug for Admission {
 impl Admission {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The whole state as a plain serde value, to be restored by
+    /// [`Admission::from_snapshot`]. Copies the state.
+    pub fn snapshot(&self) -> AdmissionSnapshot {
+        let mut centres = vec![(String::new(), Vec::new()); self.patient_index.len()];
+        for (name, index) in &self.centre_index {
+            if let Some(entry) = centres.get_mut(*index as usize) {
+                let mut patients: Vec<(String, u32)> = self.patient_index[*index as usize]
+                    .iter()
+                    .map(|(pseudonym, patient)| (pseudonym.to_string(), *patient))
+                    .collect();
+                patients.sort_unstable_by_key(|(_, patient)| *patient);
+                *entry = (name.to_string(), patients);
+            }
+        }
+        AdmissionSnapshot {
+            format: ADMISSION_SNAPSHOT_FORMAT,
+            id_arena: self.id_arena.clone(),
+            events: self.events.clone(),
+            centres,
+            patients: self.patients.clone(),
+        }
+    }
+
+    /// Rebuilds the state a snapshot was taken of. Refuses a snapshot of
+    /// another format or one whose indices do not hold together.
+    pub fn from_snapshot(snapshot: AdmissionSnapshot) -> Result<Self, SnapshotError> {
+        let inconsistent = |reason: String| SnapshotError::Inconsistent(reason);
+        if snapshot.format != ADMISSION_SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format {
+                found: snapshot.format,
+                expected: ADMISSION_SNAPSHOT_FORMAT,
+            });
+        }
+        let mut admission = Admission {
+            id_arena: snapshot.id_arena,
+            events: snapshot.events,
+            patients: snapshot.patients,
+            ..Admission::default()
+        };
+        let event_count = admission.events.len();
+        if u32::try_from(event_count).is_err() {
+            return Err(inconsistent(format!("{event_count} events")));
+        }
+        for index in 0..event_count {
+            let stored = admission.events[index];
+            let start = usize::try_from(stored.id_start).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::from(stored.id_length));
+            let Some(event_id) = admission.id_arena.get(start..end) else {
+                return Err(inconsistent(format!("event {index}: id outside the arena")));
+            };
+            if stored.patient as usize >= admission.patients.len() {
+                return Err(inconsistent(format!("event {index}: unknown patient")));
+            }
+            // Fits: event_count was checked to fit a u32 above.
+            let position = index as u32;
+            let previous = admission
+                .id_index
+                .insert(hash_id(event_id), position)
+                .unwrap_or(NO_EVENT);
+            if previous != stored.next_same_hash {
+                return Err(inconsistent(format!(
+                    "event {index}: its chain of ids sharing a hash is not the fold's"
+                )));
+            }
+        }
+        for (index, patient) in admission.patients.iter().enumerate() {
+            if let Some((_, injection)) = patient
+                .live_injections
+                .iter()
+                .find(|(_, injection)| *injection as usize >= event_count)
+            {
+                return Err(inconsistent(format!(
+                    "patient {index}: unknown injection {injection}"
+                )));
+            }
+        }
+        let mut owned = vec![false; admission.patients.len()];
+        for (centre_number, (centre, patients)) in snapshot.centres.into_iter().enumerate() {
+            let mut index = HashMap::with_capacity(patients.len());
+            for (pseudonym, patient) in patients {
+                match owned.get_mut(patient as usize) {
+                    Some(taken) if !*taken => *taken = true,
+                    _ => {
+                        return Err(inconsistent(format!(
+                            "centre {centre}: patient {pseudonym} has an unknown or shared index"
+                        )));
+                    }
+                }
+                index.insert(pseudonym.into_boxed_str(), patient);
+            }
+            // Centres number a few dozen: the index fits a u32.
+            let centre_index = u32::try_from(centre_number).unwrap_or(u32::MAX);
+            if admission
+                .centre_index
+                .insert(centre.into_boxed_str(), centre_index)
+                .is_some()
+            {
+                return Err(inconsistent("a centre is listed twice".to_owned()));
+            }
+            admission.patient_index.push(index);
+        }
+        if owned.iter().any(|taken| !*taken) {
+            return Err(inconsistent("a patient belongs to no centre".to_owned()));
+        }
+        Ok(admission)
     }
 
     /// Number of events folded in.

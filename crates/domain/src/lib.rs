@@ -15,6 +15,7 @@ pub mod event;
 pub mod ids;
 pub mod ndjson;
 pub mod raw;
+pub mod snapshot;
 
 pub use date::ClinicalDate;
 pub use error::{FieldError, Refusal};

@@ -4,22 +4,77 @@
 //! patients alone and moves the totals by the difference, so a live report
 //! after each event costs as much as that patient's history, not the whole
 //! network's.
+//!
+//! A cohort is checkpointed as a [`CohortSnapshot`]: the interned centres
+//! and each patient's compact log, with the rule set and parameters they
+//! were folded with. The report totals are not stored: a restored cohort
+//! marks every patient changed, so its first report re-assesses them all
+//! and equals a fold from scratch by construction.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
     hash::{BuildHasherDefault, Hasher},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     audit::{
-        AuditReport, PatientAssessment, RuleParameters,
+        AuditReport, PatientAssessment, RULE_SET, RuleParameters,
         assessment::view_of,
         engine::{PatientLog, analyse},
         report::{Tally, build_report},
     },
     event::RecordedEvent,
     ids::{Centre, PatientKey, Pseudonym},
+    snapshot::SnapshotError,
 };
+
+/// The format of a [`CohortSnapshot`]: bumped whenever the compact structs
+/// it holds change shape or meaning, so an old snapshot is refused (and the
+/// service rebuilds) rather than misread.
+pub const COHORT_SNAPSHOT_FORMAT: u32 = 1;
+
+/// A cohort's whole state as a plain serde value (see [`Cohort::snapshot`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CohortSnapshot {
+    format: u32,
+    rule_set: String,
+    parameters: RuleParameters,
+    /// Centres in interned order.
+    centres: Vec<String>,
+    /// Patients in interned order.
+    patients: Vec<PatientSnapshot>,
+    events_applied: u64,
+}
+
+impl CohortSnapshot {
+    /// The parameters the snapshot's cohort was folded with.
+    pub fn parameters(&self) -> &RuleParameters {
+        &self.parameters
+    }
+
+    /// How many events the snapshot's cohort had applied.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PatientSnapshot {
+    centre: u32,
+    patient: String,
+    log: PatientLog,
+}
+
+fn describe(parameters: &RuleParameters) -> String {
+    parameters
+        .named_values()
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A hasher for keys that already are good 64-bit hashes.
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,6 +153,98 @@ impl Cohort {
 
     pub fn parameters(&self) -> &RuleParameters {
         &self.parameters
+    }
+
+    /// The whole state as a plain serde value, to be restored by
+    /// [`Cohort::from_snapshot`]. Copies every patient's compact log.
+    pub fn snapshot(&self) -> CohortSnapshot {
+        CohortSnapshot {
+            format: COHORT_SNAPSHOT_FORMAT,
+            rule_set: RULE_SET.to_owned(),
+            parameters: self.parameters,
+            centres: self
+                .centres
+                .iter()
+                .map(|centre| centre.as_str().to_owned())
+                .collect(),
+            patients: self
+                .patients
+                .iter()
+                .map(|slot| PatientSnapshot {
+                    centre: slot.centre,
+                    patient: slot.patient.as_str().to_owned(),
+                    log: slot.log.clone(),
+                })
+                .collect(),
+            events_applied: self.events_applied,
+        }
+    }
+
+    /// Rebuilds the cohort a snapshot was taken of, for a service running
+    /// with `parameters`. Refuses a snapshot of another format, rule set or
+    /// parameters, or one that does not hold together; the caller then
+    /// folds the log from scratch.
+    pub fn from_snapshot(
+        snapshot: CohortSnapshot,
+        parameters: &RuleParameters,
+    ) -> Result<Self, SnapshotError> {
+        if snapshot.format != COHORT_SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format {
+                found: snapshot.format,
+                expected: COHORT_SNAPSHOT_FORMAT,
+            });
+        }
+        if snapshot.rule_set != RULE_SET {
+            return Err(SnapshotError::RuleSet {
+                found: snapshot.rule_set,
+                expected: RULE_SET.to_owned(),
+            });
+        }
+        if snapshot.parameters != *parameters {
+            return Err(SnapshotError::Parameters {
+                found: describe(&snapshot.parameters),
+                expected: describe(parameters),
+            });
+        }
+        let mut cohort = Cohort::new(snapshot.parameters);
+        for (index, text) in snapshot.centres.iter().enumerate() {
+            let centre = Centre::parse(text).map_err(|reason| {
+                SnapshotError::Inconsistent(format!("centre {index}: {reason}"))
+            })?;
+            if cohort.intern_centre(&centre) as usize != index {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "centre {text} is listed twice"
+                )));
+            }
+        }
+        for (index, patient) in snapshot.patients.into_iter().enumerate() {
+            if patient.centre as usize >= cohort.centres.len() {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "patient {index} names centre {}, of {} centres",
+                    patient.centre,
+                    cohort.centres.len()
+                )));
+            }
+            let pseudonym = Pseudonym::parse(&patient.patient).map_err(|reason| {
+                SnapshotError::Inconsistent(format!("patient {index}: {reason}"))
+            })?;
+            patient.log.check_restored().map_err(|reason| {
+                SnapshotError::Inconsistent(format!("patient {}: {reason}", patient.patient))
+            })?;
+            let slot = cohort.patient_slot(patient.centre, &pseudonym);
+            if slot as usize != index {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "patient {} is listed twice",
+                    patient.patient
+                )));
+            }
+            // Not assessed yet: the first report assesses every patient.
+            cohort.patients[index].log = patient.log;
+            cohort.patients[index].dirty = true;
+            cohort.dirty.push(slot);
+        }
+        cohort.events_applied = snapshot.events_applied;
+        Ok(cohort)
     }
 
     /// How many events have been applied (every event, whatever it changed).

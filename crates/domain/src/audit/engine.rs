@@ -11,6 +11,8 @@
 //! that two ids share a 64-bit hash is below one in 10^11 even for a patient
 //! with 10,000 events.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     audit::{RuleParameters, SnrGroup},
     event::{
@@ -48,10 +50,12 @@ pub(crate) fn muscles_of(set: u32) -> Vec<(Muscle, Side)> {
 }
 
 /// What the audit needs of one event, by type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Detail {
     Injection {
+        #[serde(with = "crate::snapshot::code")]
         product: Product,
+        #[serde(with = "crate::snapshot::code")]
         guidance: Guidance,
         total_units: u32,
         /// The set of (muscle, side) pairs, see [`muscle_bit`].
@@ -60,13 +64,17 @@ pub(crate) enum Detail {
     Response {
         /// Index, in the patient's event list, of the assessed injection.
         injection: u32,
+        #[serde(with = "crate::snapshot::code")]
         rating: Rating,
     },
     Resistance {
+        #[serde(with = "crate::snapshot::code")]
         method: ResistanceMethod,
+        #[serde(with = "crate::snapshot::code")]
         result: ResistanceResult,
     },
     Referral {
+        #[serde(with = "crate::snapshot::code")]
         target: ReferralTarget,
     },
     Discontinued,
@@ -77,7 +85,7 @@ pub(crate) enum Detail {
 }
 
 /// One stored event of a patient.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct CompactEvent {
     /// Global log position: breaks ties of clinical date, and orders
     /// re-assessments.
@@ -92,7 +100,7 @@ pub(crate) struct CompactEvent {
 /// One patient's history as the audit keeps it. Registrations and voids are
 /// folded in rather than stored: a registration sets a flag, a void turns its
 /// target into [`Detail::Voided`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct PatientLog {
     pub registered: bool,
     pub events: Vec<CompactEvent>,
@@ -167,6 +175,21 @@ impl PatientLog {
             detail,
         });
         true
+    }
+
+    /// Checks what a restored log must hold for the rules to read it: a
+    /// response names an earlier event of this log.
+    pub fn check_restored(&self) -> Result<(), String> {
+        for (index, event) in self.events.iter().enumerate() {
+            if let Detail::Response { injection, .. } = event.detail
+                && usize::try_from(injection).map_or(true, |injection| injection >= index)
+            {
+                return Err(format!(
+                    "event {index} is a response to event {injection}, which does not precede it"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The latest event with this id hash that passes `filter`. Searching

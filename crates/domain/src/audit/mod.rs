@@ -19,7 +19,7 @@ pub use assessment::{
     CycleView, InjectedMuscle, PatientAssessment, SnrGroup, SnrView, Standard, StandardFinding,
     assess_patient,
 };
-pub use cohort::Cohort;
+pub use cohort::{COHORT_SNAPSHOT_FORMAT, Cohort, CohortSnapshot};
 pub use parameters::{RULE_SET, RuleParameters};
 pub use report::{
     ALL_SCOPE, AuditReport, GroupReport, ScopeReport, SnrReport, StandardResult, StandardsReport,

@@ -15,3 +15,4 @@ mod audit;
 mod audit_builder;
 mod audit_properties;
 mod audit_reference;
+mod snapshots;
