@@ -420,6 +420,7 @@ async fn a_centre_cannot_publish_into_another_centres_subjects() -> anyhow::Resu
     let network = Network::start().await?;
     let salford = demo_records(SALFORD)?;
     network.append_at(SALFORD, &salford[..10]).await?;
+    let salford_head = network.centre(SALFORD).head().await?;
     let leeds_head = network.centre(LEEDS).head().await?;
 
     // Leeds' services user publishes a salford-royal subject on its own leaf:
@@ -476,6 +477,24 @@ async fn a_centre_cannot_publish_into_another_centres_subjects() -> anyhow::Resu
         from_hub.status.is_none(),
         "the hub cannot reach salford-royal"
     );
+
+    // The hub may read a centre's stream, never delete or purge it: the leaf
+    // refuses those requests at its end of the link.
+    for action in ["DELETE", "PURGE"] {
+        let refused = tokio::time::timeout(
+            Duration::from_secs(2),
+            admin.request(
+                format!("$JS.{SALFORD}.API.STREAM.{action}.TOXAUDIT_EVENTS"),
+                Bytes::new(),
+            ),
+        )
+        .await;
+        assert!(
+            !matches!(refused, Ok(Ok(ref answer)) if answer.status.is_none()),
+            "the hub could {action} salford-royal's stream: {refused:?}"
+        );
+    }
+    assert_eq!(network.centre(SALFORD).head().await?, salford_head);
 
     // Nothing moved: leeds holds what it held, and the network stream takes
     // from each centre only that centre's subjects.
