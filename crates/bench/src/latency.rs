@@ -1,0 +1,213 @@
+//! Phase 4: end-to-end latency at a steady offered load. Events are sent
+//! open-loop (a tokio interval fires every 1/rate s and each tick starts one
+//! `Ingest.Append` of one event without waiting for earlier ones), and a
+//! `WatchReport` stream is read at the same time. An event's latency is from
+//! its append being acked (the client has the answer) to the first report
+//! on the stream whose `as_of_position` covers the event's position.
+//!
+//! The baseline, measured in the same run, is the same interval up to the
+//! moment reporting's projection folded the position (its in-process
+//! position watch): what the watch stream adds on top is the push pacing.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use domain::Event;
+use eventlog::EventLog;
+use proto::v1::GetReportRequest;
+use service_kit::DerivedBus;
+use tokio::sync::watch;
+
+use crate::{
+    measure::{self, Percentiles},
+    stack::Stack,
+};
+
+/// How long the harness waits for the last event to show up after the load.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// What one latency run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencyFigures {
+    pub offered_events_per_second: u32,
+    pub seconds: f64,
+    pub sent: usize,
+    pub refused: usize,
+    /// Ack → visible on `WatchReport`.
+    pub watch: Percentiles,
+    /// Ack → folded into reporting's projection.
+    pub folded: Percentiles,
+    /// Send → ack of `Ingest.Append`.
+    pub append: Percentiles,
+    /// Events visible on the stream before their ack reached the client
+    /// (counted as 0 ms).
+    pub visible_before_ack: usize,
+    pub reports_received: usize,
+}
+
+/// For each (position, acked at), the time until the first of `seen`
+/// (position, at; positions non-decreasing) that covers it.
+fn delays(
+    acks: &[(u64, Instant)],
+    seen: &[(u64, Instant)],
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut delays = Vec::with_capacity(acks.len());
+    let mut early = 0;
+    for (position, acked_at) in acks {
+        let index = seen.partition_point(|(covered, _)| covered < position);
+        let Some((_, visible_at)) = seen.get(index) else {
+            bail!("position {position} never became visible");
+        };
+        if visible_at < acked_at {
+            early += 1;
+        }
+        delays.push(visible_at.saturating_duration_since(*acked_at));
+    }
+    Ok((delays, early))
+}
+
+/// Runs ingest, assessment and reporting over `log` (derived events on
+/// `bus`) and offers `events` at `rate` per second for `duration`.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    bus: DerivedBus,
+    work: &std::path::Path,
+    events: Vec<Event>,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<LatencyFigures> {
+    let stack = Stack::all_services(log, bus, work).await?;
+    let live = stack.live.clone().context("reporting is not running")?;
+    let client = stack.admin_client().await?;
+
+    // What the projection folded, as it folds.
+    let mut positions = live.positions();
+    let folding = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while positions.changed().await.is_ok() {
+            let position = *positions.borrow_and_update();
+            seen.push((position, Instant::now()));
+        }
+        seen
+    });
+
+    // What the watch stream shows, as it arrives.
+    let mut stream = client
+        .reporting()
+        .watch_report(GetReportRequest {
+            scope: "all".to_owned(),
+        })
+        .await
+        .context("opening WatchReport")?
+        .into_inner();
+    let (shown_sender, mut shown) = watch::channel(0_u64);
+    let watched = Arc::new(Mutex::new(Vec::new()));
+    let watching = tokio::spawn({
+        let watched = Arc::clone(&watched);
+        async move {
+            while let Ok(Some(report)) = stream.message().await {
+                let at = Instant::now();
+                watched
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((report.as_of_position, at));
+                shown_sender.send_replace(report.as_of_position);
+            }
+        }
+    });
+    // The first push (the empty report) says the stream is live.
+    shown.changed().await.context("WatchReport sent nothing")?;
+
+    let total = (f64::from(rate) * duration.as_secs_f64()) as usize;
+    ensure!(
+        events.len() >= total,
+        "{} events for a load of {total}",
+        events.len()
+    );
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    // Open loop: a late tick is made up at once, the offered load stays put.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut in_flight = Vec::with_capacity(total);
+    for event in events.into_iter().take(total) {
+        ticker.tick().await;
+        let client = client.clone();
+        let message = proto::v1::Event::from(&event);
+        in_flight.push(tokio::spawn(async move {
+            let sent_at = Instant::now();
+            let outcome = client.append(vec![message]).await;
+            (sent_at, Instant::now(), outcome)
+        }));
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    let mut acks = Vec::with_capacity(total);
+    let mut append_times = Vec::with_capacity(total);
+    let mut refused = 0;
+    for task in in_flight {
+        let (sent_at, acked_at, outcome) = task.await.context("an append task panicked")?;
+        match outcome.map(|response| response.outcomes.first().map(|o| o.position)) {
+            Ok(Some(position)) => {
+                acks.push((position, acked_at));
+                append_times.push(acked_at - sent_at);
+            }
+            Ok(None) | Err(_) => refused += 1,
+        }
+    }
+    let last = acks
+        .iter()
+        .map(|(position, _)| *position)
+        .max()
+        .unwrap_or(0);
+    tokio::time::timeout(SETTLE, shown.wait_for(|position| *position >= last))
+        .await
+        .context("the watch stream did not reach the last appended position in time")?
+        .context("the watch stream ended")?;
+    // The watch stream never ends on its own: close it (and the client's
+    // connection) so the server's graceful shutdown has nothing to wait for.
+    watching.abort();
+    drop(client);
+    stack.stop().await?;
+    let watched = std::mem::take(&mut *watched.lock().unwrap_or_else(PoisonError::into_inner));
+    let folded = folding.await.context("the fold watch task panicked")?;
+    let (watch_delays, visible_before_ack) = delays(&acks, &watched)?;
+    let (fold_delays, _) = delays(&acks, &folded)?;
+    let none = || anyhow::anyhow!("no event was appended");
+    Ok(LatencyFigures {
+        offered_events_per_second: rate,
+        seconds: offered_seconds,
+        sent: total,
+        refused,
+        watch: measure::percentiles(watch_delays).ok_or_else(none)?,
+        folded: measure::percentiles(fold_delays).ok_or_else(none)?,
+        append: measure::percentiles(append_times).ok_or_else(none)?,
+        visible_before_ack,
+        reports_received: watched.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_visible_at_the_first_report_that_covers_it() {
+        let zero = Instant::now();
+        let at = |ms| zero + Duration::from_millis(ms);
+        let acks = [(1, at(0)), (2, at(10)), (3, at(30))];
+        let seen = [(0, at(1)), (2, at(20)), (5, at(25))];
+        let (found, early) = delays(&acks, &seen).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Duration::from_millis(20),
+                Duration::from_millis(10),
+                Duration::ZERO
+            ]
+        );
+        assert_eq!(early, 1);
+        assert!(delays(&[(9, at(0))], &seen).is_err());
+    }
+}
