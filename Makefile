@@ -69,8 +69,12 @@ multisite-demo: release ## a hub of three nats-servers and two centres' leaf nod
 	scripts/multisite-demo.sh
 
 .PHONY: bench
-bench: ## run the benchmarks (see docs/performance.md)
-	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) bench --workspace
+bench: ## measure against same-run baselines: table + target/bench/report.json (BENCH_FULL=1: 10M events; docs/performance.md)
+	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) run --release -p bench --bin toxaudit-bench
+
+.PHONY: bench-criterion
+bench-criterion: ## run the per-crate criterion benches (codec, embedded and JetStream log, audit rebuild, demo data)
+	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) bench --workspace --benches
 
 .PHONY: clean
 clean: ## remove build output and demo data
