@@ -6,10 +6,15 @@
 //!
 //! Idempotent publishing: assessments are checked after *each* log event, so
 //! a derived event's id — patient + the position of the log event that
-//! changed it — does not depend on how the log was chunked when read. The
-//! checkpoint only ever holds records whose derived events were published,
-//! so a restart (even after `kill -9`) republishes, at most, events with ids
-//! the bus has already seen, which JetStream drops as duplicates.
+//! changed it — does not depend on how the log was chunked when read.
+//!
+//! Checkpoint: a snapshot of the cohort and of what was last published per
+//! patient (a 128-bit fingerprint of the message), taken between two chunks
+//! of records, so it only ever covers positions whose derived events were
+//! published. A restart (even after `kill -9`) restores it and follows the
+//! log after its position: it republishes, at most, events with ids the bus
+//! has already seen, which JetStream drops as duplicates. A snapshot folded
+//! with other rule parameters is refused and the log refolded from 1.
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +26,7 @@ use std::{
 
 use domain::{
     Centre, PatientKey, Pseudonym,
-    audit::{Cohort, PatientAssessment, RuleParameters},
+    audit::{Cohort, CohortSnapshot, PatientAssessment, RuleParameters},
 };
 use eventlog::{EventLog, Record};
 use proto::v1::{
@@ -31,7 +36,8 @@ use proto::v1::{
 use service_kit::{
     AuthInterceptor, DerivedBus, GrpcServer, JwtSecret, ReadScope, ServiceError, Shutdown,
     TlsFiles, auth,
-    follow::{AsyncFold, Checkpointer, FollowError, follow_log},
+    checkpoint::encode,
+    follow::{AsyncFold, Checkpointer, FollowError, Snapshotter, follow_log},
     server::ServerError,
 };
 use tonic::{
@@ -131,17 +137,85 @@ pub fn patient_assessed(assessment: &PatientAssessment, source_position: u64) ->
     }
 }
 
+/// The fingerprint of a derived event with `source_position` 0: equal
+/// assessments have equal fingerprints (prost encodes fields in order), and
+/// 128 bits make a false "unchanged" practically impossible.
+fn fingerprint(current: &PatientAssessed) -> [u64; 2] {
+    let hash = xxhash_rust::xxh3::xxh3_128(&prost::Message::encode_to_vec(current));
+    // The two halves of the u128, bit for bit.
+    [(hash >> 64) as u64, hash as u64]
+}
+
 /// The projection: the cohort, and what was last published per patient.
 #[derive(Debug)]
 struct Projection {
     cohort: Cohort,
-    /// Each patient's last published assessment, with `source_position` 0
-    /// so that equal assessments compare equal.
-    published: HashMap<PatientKey, PatientAssessed>,
+    /// The fingerprint of each patient's last published assessment.
+    published: HashMap<PatientKey, [u64; 2]>,
     position: u64,
+    /// Records folded by this process (not restored from a checkpoint).
+    folded_here: u64,
+}
+
+/// The projection's checkpoint: the cohort and the published fingerprints
+/// as (centre, pseudonym, fingerprint).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ProjectionSnapshot {
+    cohort: CohortSnapshot,
+    published: Vec<(String, String, [u64; 2])>,
 }
 
 impl Projection {
+    fn new(parameters: RuleParameters) -> Self {
+        Self {
+            cohort: Cohort::new(parameters),
+            published: HashMap::new(),
+            position: 0,
+            folded_here: 0,
+        }
+    }
+
+    fn snapshot(&self) -> ProjectionSnapshot {
+        ProjectionSnapshot {
+            cohort: self.cohort.snapshot(),
+            published: self
+                .published
+                .iter()
+                .map(|(key, fingerprint)| {
+                    (
+                        key.centre.as_str().to_owned(),
+                        key.patient.as_str().to_owned(),
+                        *fingerprint,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn restore(
+        snapshot: ProjectionSnapshot,
+        parameters: &RuleParameters,
+        position: u64,
+    ) -> Result<Self, String> {
+        let cohort = Cohort::from_snapshot(snapshot.cohort, parameters)
+            .map_err(|error| error.to_string())?;
+        let mut published = HashMap::with_capacity(snapshot.published.len());
+        for (centre, patient, fingerprint) in snapshot.published {
+            let key = PatientKey::new(
+                Centre::parse(&centre).map_err(|reason| format!("published centre: {reason}"))?,
+                Pseudonym::parse(&patient)
+                    .map_err(|reason| format!("published patient: {reason}"))?,
+            );
+            published.insert(key, fingerprint);
+        }
+        Ok(Self {
+            cohort,
+            published,
+            position,
+            folded_here: 0,
+        })
+    }
+
     fn fold(&mut self, record: &Record) -> Result<Option<PatientAssessed>, FollowError> {
         let recorded = proto::convert::recorded_from_parts(
             record.position,
@@ -155,6 +229,7 @@ impl Projection {
         })?;
         self.cohort.apply(&recorded);
         self.position = record.position;
+        self.folded_here += 1;
         let key = recorded.event.patient_key();
         let Some(assessment) = self.cohort.patient(&key) else {
             return Ok(None);
@@ -163,15 +238,15 @@ impl Projection {
             return Ok(None);
         }
         let current = patient_assessed(&assessment, 0);
-        if self.published.get(&key) == Some(&current) {
+        let fingerprint = fingerprint(&current);
+        if self.published.get(&key) == Some(&fingerprint) {
             return Ok(None);
         }
-        let derived = PatientAssessed {
+        self.published.insert(key, fingerprint);
+        Ok(Some(PatientAssessed {
             source_position: record.position,
-            ..current.clone()
-        };
-        self.published.insert(key, current);
-        Ok(Some(derived))
+            ..current
+        }))
     }
 }
 
@@ -204,6 +279,47 @@ impl AsyncFold for PublishingFold {
         }
         Ok(())
     }
+
+    fn snapshotter(&self) -> Snapshotter {
+        let projection = Arc::clone(&self.projection);
+        Box::new(move |saved| {
+            // Called between chunks only: every derived event up to
+            // `position` was published.
+            let (position, snapshot) = {
+                let projection = projection.lock().unwrap_or_else(PoisonError::into_inner);
+                if projection.position <= saved {
+                    return Ok(None);
+                }
+                (projection.position, projection.snapshot())
+            };
+            Ok(Some((position, encode(&snapshot)?)))
+        })
+    }
+}
+
+/// A read-only look at the projection's progress, for tests and metrics.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    projection: Arc<Mutex<Projection>>,
+}
+
+impl Progress {
+    /// The last log position folded in.
+    pub fn position(&self) -> u64 {
+        self.lock().position
+    }
+
+    /// How many records this process folded itself: a restart from a
+    /// checkpoint folds only those after it.
+    pub fn records_folded_here(&self) -> u64 {
+        self.lock().folded_here
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Projection> {
+        self.projection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The assessment projection and its service, ready to be served.
@@ -216,8 +332,8 @@ pub struct Assessment {
 }
 
 impl Assessment {
-    /// Loads the checkpoint (or starts empty); what it holds was published
-    /// before, so it is folded without publishing.
+    /// Restores the checkpoint's snapshot (or starts empty); what it covers
+    /// was published before, and is not folded again.
     pub async fn prepare(
         log: Arc<dyn EventLog>,
         bus: DerivedBus,
@@ -225,30 +341,23 @@ impl Assessment {
         rebuild: bool,
         parameters: RuleParameters,
     ) -> Result<Self, AssessmentError> {
-        let (checkpointer, (mut projection, failure)) = Checkpointer::open(
+        let (checkpointer, restored) = Checkpointer::open(
             checkpoint_directory,
+            "assessment",
             rebuild,
-            (
-                Projection {
-                    cohort: Cohort::new(parameters),
-                    published: HashMap::new(),
-                    position: 0,
-                },
-                None::<FollowError>,
-            ),
-            |(projection, failure), record| {
-                if failure.is_none()
-                    && let Err(error) = projection.fold(&record)
-                {
-                    *failure = Some(error);
-                }
+            move |snapshot: ProjectionSnapshot| {
+                // The position is the marker's; it is set just below.
+                Projection::restore(snapshot, &parameters, 0)
             },
         )
         .await?;
-        if let Some(error) = failure {
-            return Err(error.into());
-        }
-        projection.position = checkpointer.position();
+        let projection = match restored {
+            Some((position, projection)) => Projection {
+                position,
+                ..projection
+            },
+            None => Projection::new(parameters),
+        };
         Ok(Self {
             projection: Arc::new(Mutex::new(projection)),
             checkpointer,
@@ -271,11 +380,20 @@ impl Assessment {
         )
     }
 
+    /// The projection's progress, readable while it runs.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            projection: Arc::clone(&self.projection),
+        }
+    }
+
     /// Follows the log, publishing derived events, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), AssessmentError> {
+        let from_position = self.progress().position() + 1;
         follow_log(
             self.log,
             self.checkpointer,
+            from_position,
             shutdown,
             PublishingFold {
                 projection: self.projection,
@@ -386,6 +504,11 @@ pub async fn build(config: AssessmentConfig) -> Result<Application, AssessmentEr
 impl Application {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The projection's progress, readable while it runs.
+    pub fn progress(&self) -> Progress {
+        self.assessment.progress()
     }
 
     /// Serves and follows the log until `shutdown`.

@@ -1,7 +1,7 @@
 //! toxaudit's ingest service: `toxaudit.v1.Ingest`, the one way events get
 //! into the log over the network. It runs the same validation and admission
 //! as `toxaudit import` (the domain's), appends accepted batches atomically,
-//! and keeps its admission state checkpointed in its data directory.
+//! and checkpoints a snapshot of its admission state in its data directory.
 //!
 //! The library exposes the service two ways: [`build`] +
 //! [`Application::run_until_stopped`] for a process serving ingest alone
@@ -19,7 +19,7 @@ use eventlog::EventLog;
 use proto::v1::ingest_server::IngestServer;
 use service_kit::{
     AuthInterceptor, GrpcServer, JwtSecret, Shutdown, TlsFiles,
-    follow::{CHECKPOINT_INTERVAL, Checkpointer, FollowError},
+    follow::{CHECKPOINT_INTERVAL, Checkpointer, FollowError, SavePacing},
     server::ServerError,
 };
 use tonic::service::{Routes, interceptor::InterceptedService};
@@ -39,8 +39,6 @@ pub enum IngestError {
     Checkpoint(#[from] FollowError),
     #[error("ingest server: {0}")]
     Server(#[from] ServerError),
-    #[error("ingest cannot fold the log: {0}")]
-    Fold(String),
 }
 
 /// Everything ingest needs to run on its own.
@@ -61,42 +59,48 @@ pub struct IngestConfig {
 #[derive(Debug)]
 pub struct Ingest {
     service: IngestService,
+    state: Arc<state::AdmissionState>,
     checkpointer: Checkpointer,
 }
 
 impl Ingest {
-    /// Loads the checkpoint (or starts empty). The log is read up to its head
-    /// on the first append.
+    /// Restores the checkpoint's snapshot (or starts empty). The log after
+    /// it is read up to its head on the first append.
     pub async fn prepare(
         log: Arc<dyn EventLog>,
         checkpoint_directory: &std::path::Path,
         rebuild: bool,
     ) -> Result<Self, IngestError> {
-        let (checkpointer, (admitted, failure)) = Checkpointer::open(
+        let (checkpointer, restored) = Checkpointer::open(
             checkpoint_directory,
+            "ingest",
             rebuild,
-            (state::Admitted::default(), None::<String>),
-            |(admitted, failure), record| {
-                if failure.is_none()
-                    && let Err(reason) = admitted.fold(&record)
-                {
-                    *failure = Some(format!("position {}: {reason}", record.position));
-                }
-            },
+            |snapshot: state::AdmittedSnapshot| state::Admitted::restore(snapshot, 0),
         )
         .await?;
-        if let Some(reason) = failure {
-            return Err(IngestError::Fold(reason));
-        }
+        let admitted = match restored {
+            Some((position, mut admitted)) => {
+                admitted.position = position;
+                admitted
+            }
+            None => state::Admitted::default(),
+        };
         let state = Arc::new(state::AdmissionState::new(
             log,
             checkpointer.clone(),
             admitted,
         ));
         Ok(Self {
-            service: IngestService::new(state),
+            service: IngestService::new(Arc::clone(&state)),
+            state,
             checkpointer,
         })
+    }
+
+    /// How many log records this process folded into its admission state
+    /// (a restart from a checkpoint folds only those after it).
+    pub async fn records_folded_here(&self) -> u64 {
+        self.state.records_folded_here().await
     }
 
     /// The tonic service, behind the bearer-token check.
@@ -112,20 +116,25 @@ impl Ingest {
         )
     }
 
-    /// Commits the checkpoint every few seconds until `shutdown`, then once
-    /// more.
+    /// Saves the checkpoint's snapshot as paced by [`SavePacing`] until
+    /// `shutdown`, then once more.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), IngestError> {
         let mut timer = tokio::time::interval(CHECKPOINT_INTERVAL.max(Duration::from_millis(1)));
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pacing = SavePacing::new();
         let stop = shutdown.wait();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                _ = timer.tick() => self.checkpointer.commit().await?,
+                _ = timer.tick() => {
+                    if pacing.due() {
+                        pacing.save(&self.checkpointer, self.state.snapshotter()).await?;
+                    }
+                }
             }
         }
-        self.checkpointer.commit().await?;
+        self.checkpointer.save(self.state.snapshotter()).await?;
         Ok(())
     }
 }

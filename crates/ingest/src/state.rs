@@ -1,7 +1,11 @@
 //! The ingest service's projection: the admission state of the log (every
 //! event id, registration and live injection; see `domain::admission`),
 //! kept up to date by reading the log after every append, and checkpointed
-//! so a restart does not refold the log from position 1.
+//! as a snapshot (the admission state and each stream's last position) so a
+//! restart resumes after the checkpoint instead of refolding from position 1.
+//! A snapshot is never taken while the state holds events of a batch that
+//! was not appended; such a state is thrown away and restored from the
+//! checkpoint, then brought up to the log's head.
 //!
 //! One batch is admitted at a time (a mutex around the state), which is
 //! what makes "checked as if each accepted event had been appended before
@@ -12,11 +16,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use domain::{
     Event, FieldError,
-    admission::{Admission, Verdict, WriterScope},
+    admission::{Admission, AdmissionSnapshot, Verdict, WriterScope},
 };
 use eventlog::{AppendBatch, AppendOutcome, EventLog, ExpectedVersion, NewRecord, Record};
 use proto::convert::decode_event;
-use service_kit::{ServiceError, follow::Checkpointer};
+use service_kit::{
+    ServiceError,
+    checkpoint::encode,
+    follow::{Checkpointer, Snapshotter},
+};
 
 /// How many times a batch is admitted when the log says a stream moved.
 const ATTEMPTS_ON_CONFLICT: u32 = 3;
@@ -33,16 +41,49 @@ pub(crate) struct Admitted {
     /// Each stream's last position, for the expected-version check.
     stream_versions: HashMap<String, u64>,
     /// The admission holds events of a batch that was then not appended:
-    /// it must be refolded before the next check.
+    /// it must be restored before the next check.
     stale: bool,
+    /// Records folded by this process (not restored from a checkpoint).
+    pub(crate) folded_here: u64,
+}
+
+/// The ingest projection's checkpoint (its position is the checkpoint's).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AdmittedSnapshot {
+    admission: AdmissionSnapshot,
+    stream_versions: Vec<(String, u64)>,
 }
 
 impl Admitted {
+    /// The state a snapshot was taken of, at the checkpoint's `position`.
+    pub(crate) fn restore(snapshot: AdmittedSnapshot, position: u64) -> Result<Self, String> {
+        Ok(Self {
+            admission: Admission::from_snapshot(snapshot.admission)
+                .map_err(|error| error.to_string())?,
+            position,
+            stream_versions: snapshot.stream_versions.into_iter().collect(),
+            stale: false,
+            folded_here: 0,
+        })
+    }
+
+    fn snapshot(&self) -> AdmittedSnapshot {
+        AdmittedSnapshot {
+            admission: self.admission.snapshot(),
+            stream_versions: self
+                .stream_versions
+                .iter()
+                .map(|(stream, position)| (stream.clone(), *position))
+                .collect(),
+        }
+    }
+
     /// Folds one stored record.
     pub(crate) fn fold(&mut self, record: &Record) -> Result<(), String> {
         let event = decode_event(&record.payload).map_err(|error| error.to_string())?;
         self.admission.apply(&event);
         self.position = record.position;
+        self.folded_here += 1;
         self.stream_versions
             .insert(record.stream.clone(), record.position);
         Ok(())
@@ -92,36 +133,49 @@ impl AdmissionState {
         }
     }
 
-    /// Brings the state up to the log's head (refolding from scratch first
-    /// when a refused batch left it stale).
+    /// The projection's snapshot, for [`Checkpointer::save`]: nothing while
+    /// the state is stale or has nothing past the last checkpoint. Waits for
+    /// a batch being admitted to finish (it runs on a blocking thread).
+    pub(crate) fn snapshotter(self: &Arc<Self>) -> Snapshotter {
+        let state = Arc::clone(self);
+        Box::new(move |saved| {
+            let (position, snapshot) = {
+                let admitted = state.state.blocking_lock();
+                if admitted.stale || admitted.position <= saved {
+                    return Ok(None);
+                }
+                (admitted.position, admitted.snapshot())
+            };
+            Ok(Some((position, encode(&snapshot)?)))
+        })
+    }
+
+    /// How many records this process folded itself.
+    pub(crate) async fn records_folded_here(&self) -> u64 {
+        self.state.lock().await.folded_here
+    }
+
+    /// Brings the state up to the log's head (restoring it from the
+    /// checkpoint first when a refused batch left it stale).
     async fn catch_up(&self, admitted: &mut Admitted) -> Result<(), ServiceError> {
         if admitted.stale {
             // Start over from what the log really holds: the checkpoint's
-            // records (local, every record folded so far), then the log.
-            let (fresh, failure) = self
+            // snapshot (local), then the log after it.
+            let restored = self
                 .checkpointer
-                .replay(
-                    (Admitted::default(), None::<String>),
-                    |(fresh, failure), record| {
-                        if failure.is_none()
-                            && let Err(reason) = fresh.fold(&record)
-                        {
-                            *failure = Some(format!("position {}: {reason}", record.position));
-                        }
-                    },
-                )
+                .reload(|snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0))
                 .await
                 .map_err(|error| ServiceError::Internal(error.to_string()))?;
-            if let Some(reason) = failure {
-                return Err(ServiceError::Internal(format!(
-                    "cannot refold the checkpoint: {reason}"
-                )));
-            }
+            let folded_here = admitted.folded_here;
+            *admitted = match restored {
+                Some((position, fresh)) => Admitted { position, ..fresh },
+                None => Admitted::default(),
+            };
+            admitted.folded_here = folded_here;
             tracing::info!(
-                position = fresh.position,
-                "admission state refolded after a batch that was not appended"
+                position = admitted.position,
+                "admission state restored from its checkpoint after a batch that was not appended"
             );
-            *admitted = fresh;
         }
         loop {
             let records = self
@@ -139,10 +193,6 @@ impl AdmissionState {
                         record.position
                     ))
                 })?;
-                // Only records past the checkpoint are new to it.
-                if record.position > self.checkpointer.position() {
-                    self.checkpointer.add(record);
-                }
             }
         }
     }
@@ -290,8 +340,8 @@ impl AdmissionState {
         Ok(stored)
     }
 
-    /// After an append: reads the log past the state's position, adding
-    /// every record to the checkpoint and folding those not in `ours`.
+    /// After an append: reads the log past the state's position, folding
+    /// the records not in `ours` (those are in the state already).
     async fn skip_our_own(
         &self,
         admitted: &mut Admitted,
@@ -325,7 +375,6 @@ impl AdmissionState {
                         ))
                     })?;
                 }
-                self.checkpointer.add(record);
             }
         }
         Ok(())

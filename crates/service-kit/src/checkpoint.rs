@@ -1,30 +1,42 @@
-//! Checkpoints of a projection, so a restarted service resumes after the
-//! last position it had folded instead of replaying the log from 1.
+//! Checkpoints of a projection: a snapshot of the projection's state and the
+//! log position it reaches, so a restarted service loads the snapshot and
+//! follows the log from that position + 1 instead of refolding from 1.
 //!
-//! The domain's projections (the audit cohort, the assessments) are in-memory
-//! folds without a serialised form, so a checkpoint keeps the projection's
-//! *input* locally: the records folded so far, in a file of the service's own
-//! data directory, plus the position they reach. A restart folds that local
-//! file (fast, no network, no log scan) and then follows the log from the
-//! checkpoint position + 1. `--rebuild` throws the checkpoint away.
+//! The store keeps bytes; what they encode is the projection's (its domain
+//! snapshot, see `domain::snapshot`), encoded with [`encode`] (postcard: a
+//! compact binary serde format) and read back with [`decode`].
 //!
 //! Files, in the checkpoint directory:
-//! - `records.bin`: frames `[u32 frame length][u64 position][i64 recorded_at
-//!   micros][u16 key length][key][u16 stream length][stream][u16 principal
-//!   length][principal][payload]`, little-endian, appended in position order;
-//! - `checkpoint.json`: `{"position": P, "records_bytes": N}` written
-//!   atomically (temporary file, fsync, rename) after `records.bin` was
-//!   synced. Bytes of `records.bin` past N are an unfinished commit and are
-//!   cut on open, so a crash at any moment leaves a consistent checkpoint.
+//! - `snapshot.bin`: the encoded snapshot;
+//! - `checkpoint.json`: the marker `{"format": F, "projection": NAME,
+//!   "position": P, "snapshot_bytes": N, "snapshot_xxh3": H}`.
+//!
+//! A save writes `snapshot.bin.tmp` (fsync), then the new marker through
+//! `checkpoint.json.tmp` (fsync, rename, fsync of the directory: the commit
+//! point), then renames `snapshot.bin.tmp` to `snapshot.bin` (fsync of the
+//! directory). A crash before the commit point leaves the old marker and the
+//! old `snapshot.bin`, intact; a crash after it leaves the new marker and a
+//! complete `snapshot.bin.tmp`, which the next load checks against the marker
+//! and moves into place. A snapshot whose length or xxh3 differs from the
+//! marker's, or a marker of another format or projection, is never used: the
+//! load says why and the service rebuilds from position 1.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write},
+    fs::File,
+    io::Write,
     path::{Path, PathBuf},
 };
 
-use bytes::Bytes;
-use eventlog::Record;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The layout of the checkpoint files; a change bumps it, and a checkpoint
+/// of another format is refused (the service rebuilds).
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const SNAPSHOT_TEMPORARY: &str = "snapshot.bin.tmp";
+const MARKER_FILE: &str = "checkpoint.json";
+const MARKER_TEMPORARY: &str = "checkpoint.json.tmp";
 
 /// Errors of reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -34,29 +46,40 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The files do not agree with each other: start with `--rebuild`.
-    #[error("checkpoint in {path} is damaged ({reason}); restart with --rebuild")]
+    /// The checkpoint cannot be used (damaged, or of another format or
+    /// projection): the service rebuilds from position 1.
+    #[error("checkpoint in {path} cannot be used: {reason}")]
     Damaged { path: PathBuf, reason: String },
+    /// A snapshot could not be encoded.
+    #[error("snapshot cannot be encoded: {0}")]
+    Encode(String),
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Marker {
+    format: u32,
+    projection: String,
     position: u64,
-    records_bytes: u64,
+    snapshot_bytes: u64,
+    snapshot_xxh3: u64,
 }
 
-/// The checkpoint of one projection.
+/// A snapshot read back from a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSnapshot {
+    /// The last log position folded into the snapshot.
+    pub position: u64,
+    /// The encoded snapshot, checked against the marker's length and xxh3.
+    pub bytes: Vec<u8>,
+}
+
+/// The checkpoint of one projection, in its own directory.
 #[derive(Debug)]
 pub struct CheckpointStore {
     directory: PathBuf,
-    records: BufWriter<File>,
-    /// Position reached by what is durable.
+    projection: String,
+    /// The position of the durable checkpoint (0: none).
     position: u64,
-    /// Bytes of `records.bin` that are durable.
-    durable_bytes: u64,
-    /// Frames added since the last commit.
-    pending: Vec<u8>,
-    pending_position: u64,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -66,352 +89,351 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ 
     }
 }
 
+fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+/// Writes `bytes` to `path` and makes them durable.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut file = File::create(path).map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+/// Makes renames in `directory` durable. Not possible on every platform; a
+/// lost rename only means the previous (still consistent) checkpoint.
+fn sync_directory(directory: &Path) {
+    if let Ok(handle) = File::open(directory)
+        && let Err(error) = handle.sync_all()
+    {
+        tracing::debug!(directory = %directory.display(), %error, "directory fsync not possible");
+    }
+}
+
+/// Encodes a projection's snapshot for [`CheckpointStore::save`].
+pub fn encode<T: Serialize>(snapshot: &T) -> Result<Vec<u8>, CheckpointError> {
+    postcard::to_stdvec(snapshot).map_err(|error| CheckpointError::Encode(error.to_string()))
+}
+
+/// Decodes a snapshot written by [`encode`]; `path` names it in the error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, CheckpointError> {
+    postcard::from_bytes(bytes).map_err(|error| CheckpointError::Damaged {
+        path: path.to_owned(),
+        reason: format!("the snapshot does not decode: {error}"),
+    })
+}
+
 impl CheckpointStore {
-    /// Opens (creating) the checkpoint in `directory`, and hands every record
-    /// it holds, in position order, to `fold`. With `rebuild` the old
-    /// checkpoint is discarded first. Blocking: call it from
-    /// `spawn_blocking` in async code.
+    /// Opens (creating) the checkpoint directory of `projection`. With
+    /// `rebuild` any checkpoint there is deleted. Blocking.
     pub fn open(
         directory: &Path,
+        projection: &str,
         rebuild: bool,
-        mut fold: impl FnMut(Record),
     ) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(directory).map_err(io_error(directory))?;
-        let records_path = directory.join("records.bin");
-        let marker_path = directory.join("checkpoint.json");
+        let store = Self {
+            directory: directory.to_owned(),
+            projection: projection.to_owned(),
+            position: 0,
+        };
         if rebuild {
-            for path in [&records_path, &marker_path] {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(io_error(path)(error)),
-                }
-            }
+            store.delete_files()?;
             tracing::info!(directory = %directory.display(), "checkpoint discarded for a rebuild");
         }
-        let marker = match std::fs::read(&marker_path) {
-            Ok(bytes) => serde_json::from_slice::<Marker>(&bytes).map_err(|error| {
-                CheckpointError::Damaged {
-                    path: marker_path.clone(),
-                    reason: error.to_string(),
-                }
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Marker {
-                position: 0,
-                records_bytes: 0,
-            },
-            Err(error) => return Err(io_error(&marker_path)(error)),
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&records_path)
-            .map_err(io_error(&records_path))?;
-        let length = file.metadata().map_err(io_error(&records_path))?.len();
-        if length < marker.records_bytes {
-            return Err(CheckpointError::Damaged {
-                path: records_path,
-                reason: format!(
-                    "{length} bytes on disk but the checkpoint says {}",
-                    marker.records_bytes
-                ),
-            });
-        }
-        if length > marker.records_bytes {
-            // An unfinished commit: its frames were never declared durable.
-            file.set_len(marker.records_bytes)
-                .map_err(io_error(&records_path))?;
-        }
-        let mut reader = BufReader::with_capacity(1 << 20, &mut file);
-        let last_position =
-            read_frames(&mut reader, marker.records_bytes, &records_path, &mut fold)?;
-        if last_position != marker.position {
-            return Err(CheckpointError::Damaged {
-                path: records_path,
-                reason: format!(
-                    "the records reach position {last_position}, the checkpoint says {}",
-                    marker.position
-                ),
-            });
-        }
-        drop(reader);
-        file.seek(SeekFrom::End(0))
-            .map_err(io_error(&records_path))?;
-        Ok(Self {
-            directory: directory.to_owned(),
-            records: BufWriter::with_capacity(1 << 20, file),
-            position: marker.position,
-            durable_bytes: marker.records_bytes,
-            pending: Vec::new(),
-            pending_position: marker.position,
-        })
+        Ok(store)
     }
 
-    /// The last position the durable checkpoint holds (0: none).
+    /// The position of the last checkpoint loaded or saved (0: none).
     pub fn position(&self) -> u64 {
         self.position
     }
 
-    /// The position reached including records not yet committed.
-    pub fn pending_position(&self) -> u64 {
-        self.pending_position
+    /// The path of the snapshot file, to name it in messages.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.directory.join(SNAPSHOT_FILE)
     }
 
-    /// True when records were added since the last commit.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Hands every record added so far — durable and pending — to `fold`,
-    /// in position order, without changing the checkpoint: a projection that
-    /// must start over (ingest after a refused batch) refolds from here
-    /// instead of from the log. Blocking.
-    pub fn replay(&mut self, mut fold: impl FnMut(Record)) -> Result<(), CheckpointError> {
-        let records_path = self.directory.join("records.bin");
-        let file = File::open(&records_path).map_err(io_error(&records_path))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        read_frames(&mut reader, self.durable_bytes, &records_path, &mut fold)?;
-        let pending = std::mem::take(&mut self.pending);
-        let outcome = read_frames(
-            &mut pending.as_slice(),
-            pending.len() as u64,
-            &records_path,
-            &mut fold,
-        );
-        self.pending = pending;
-        outcome.map(|_| ())
-    }
-
-    /// Adds a folded record; it becomes durable at the next [`commit`](Self::commit).
-    pub fn add(&mut self, record: &Record) {
-        encode_frame(record, &mut self.pending);
-        self.pending_position = record.position;
-    }
-
-    /// Makes every added record durable and moves the checkpoint. Blocking.
-    pub fn commit(&mut self) -> Result<(), CheckpointError> {
-        if self.pending.is_empty() {
-            return Ok(());
+    fn delete_files(&self) -> Result<(), CheckpointError> {
+        // The marker first: without it, nothing left behind is ever used.
+        for name in [
+            MARKER_FILE,
+            MARKER_TEMPORARY,
+            SNAPSHOT_TEMPORARY,
+            SNAPSHOT_FILE,
+        ] {
+            remove_if_present(&self.directory.join(name))?;
         }
-        let records_path = self.directory.join("records.bin");
-        self.records
-            .write_all(&self.pending)
-            .map_err(io_error(&records_path))?;
-        self.records.flush().map_err(io_error(&records_path))?;
-        self.records
-            .get_ref()
-            .sync_data()
-            .map_err(io_error(&records_path))?;
-        let marker = Marker {
-            position: self.pending_position,
-            records_bytes: self.durable_bytes + self.pending.len() as u64,
+        sync_directory(&self.directory);
+        Ok(())
+    }
+
+    /// Deletes the checkpoint (after a refused snapshot), so nothing of it
+    /// is used again; the next save writes a new one. Blocking.
+    pub fn discard(&mut self) -> Result<(), CheckpointError> {
+        self.delete_files()?;
+        self.position = 0;
+        Ok(())
+    }
+
+    /// Reads the checkpoint: `None` when there is none, the snapshot when
+    /// the marker and the snapshot agree, [`CheckpointError::Damaged`] when
+    /// they do not (or the marker is of another format or projection).
+    /// Finishes a save interrupted after its commit point. Blocking.
+    pub fn load(&mut self) -> Result<Option<LoadedSnapshot>, CheckpointError> {
+        let marker_path = self.directory.join(MARKER_FILE);
+        let damaged = |path: &Path, reason: String| CheckpointError::Damaged {
+            path: path.to_owned(),
+            reason,
         };
-        let marker_path = self.directory.join("checkpoint.json");
-        let temporary_path = self.directory.join("checkpoint.json.tmp");
-        let text = serde_json::to_vec(&marker).map_err(|error| CheckpointError::Damaged {
-            path: marker_path.clone(),
-            reason: error.to_string(),
-        })?;
-        {
-            let mut temporary = File::create(&temporary_path).map_err(io_error(&temporary_path))?;
-            temporary
-                .write_all(&text)
-                .map_err(io_error(&temporary_path))?;
-            temporary.sync_all().map_err(io_error(&temporary_path))?;
+        let marker = match std::fs::read(&marker_path) {
+            Ok(bytes) => serde_json::from_slice::<Marker>(&bytes).map_err(|error| {
+                damaged(&marker_path, format!("the marker does not parse: {error}"))
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // Anything else here is from a save that never committed.
+                remove_if_present(&self.directory.join(MARKER_TEMPORARY))?;
+                remove_if_present(&self.directory.join(SNAPSHOT_TEMPORARY))?;
+                self.position = 0;
+                return Ok(None);
+            }
+            Err(error) => return Err(io_error(&marker_path)(error)),
+        };
+        if marker.format != CHECKPOINT_FORMAT {
+            return Err(damaged(
+                &marker_path,
+                format!(
+                    "it is of format {}, this build reads format {CHECKPOINT_FORMAT}",
+                    marker.format
+                ),
+            ));
         }
-        std::fs::rename(&temporary_path, &marker_path).map_err(io_error(&marker_path))?;
-        if let Ok(directory) = File::open(&self.directory) {
-            // Makes the rename itself durable; not possible everywhere, and a
-            // lost rename only means an older (still consistent) checkpoint.
-            let _ = directory.sync_all();
+        if marker.projection != self.projection {
+            return Err(damaged(
+                &marker_path,
+                format!(
+                    "it is a checkpoint of {}, not of {}",
+                    marker.projection, self.projection
+                ),
+            ));
         }
+        remove_if_present(&self.directory.join(MARKER_TEMPORARY))?;
+        let snapshot_path = self.directory.join(SNAPSHOT_FILE);
+        let temporary_path = self.directory.join(SNAPSHOT_TEMPORARY);
+        let bytes = match read_matching(&snapshot_path, &marker)? {
+            Ok(bytes) => {
+                // A newer snapshot whose marker never committed.
+                remove_if_present(&temporary_path)?;
+                bytes
+            }
+            Err(reason) => match read_matching(&temporary_path, &marker)? {
+                Ok(bytes) => {
+                    // The save committed its marker, then stopped before
+                    // moving its snapshot into place: finish it.
+                    std::fs::rename(&temporary_path, &snapshot_path)
+                        .map_err(io_error(&snapshot_path))?;
+                    sync_directory(&self.directory);
+                    tracing::info!(
+                        directory = %self.directory.display(),
+                        position = marker.position,
+                        "finished a checkpoint save interrupted after its commit"
+                    );
+                    bytes
+                }
+                Err(_) => return Err(damaged(&snapshot_path, reason)),
+            },
+        };
         self.position = marker.position;
-        self.durable_bytes = marker.records_bytes;
-        self.pending.clear();
+        Ok(Some(LoadedSnapshot {
+            position: marker.position,
+            bytes,
+        }))
+    }
+
+    /// Saves `snapshot` as the checkpoint at `position`, atomically (see the
+    /// module docs): after a crash at any moment the next load finds this
+    /// checkpoint or the previous one. Blocking.
+    pub fn save(&mut self, position: u64, snapshot: &[u8]) -> Result<(), CheckpointError> {
+        let snapshot_path = self.directory.join(SNAPSHOT_FILE);
+        let temporary_path = self.directory.join(SNAPSHOT_TEMPORARY);
+        write_synced(&temporary_path, snapshot)?;
+        let marker = Marker {
+            format: CHECKPOINT_FORMAT,
+            projection: self.projection.clone(),
+            position,
+            snapshot_bytes: snapshot.len() as u64,
+            snapshot_xxh3: xxhash_rust::xxh3::xxh3_64(snapshot),
+        };
+        let marker_path = self.directory.join(MARKER_FILE);
+        let marker_temporary = self.directory.join(MARKER_TEMPORARY);
+        let text = serde_json::to_vec(&marker)
+            .map_err(|error| CheckpointError::Encode(error.to_string()))?;
+        write_synced(&marker_temporary, &text)?;
+        std::fs::rename(&marker_temporary, &marker_path).map_err(io_error(&marker_path))?;
+        sync_directory(&self.directory);
+        // Committed: from here a load uses this snapshot, wherever it is.
+        self.position = position;
+        std::fs::rename(&temporary_path, &snapshot_path).map_err(io_error(&snapshot_path))?;
+        sync_directory(&self.directory);
         Ok(())
     }
 }
 
-/// Reads `length` bytes of frames from `reader`, folding each record;
-/// returns the last position read (0 for none).
-fn read_frames(
-    reader: &mut impl Read,
-    length: u64,
-    path: &Path,
-    fold: &mut impl FnMut(Record),
-) -> Result<u64, CheckpointError> {
-    let mut remaining = length;
-    let mut last_position = 0;
-    let mut frame = Vec::new();
-    while remaining > 0 {
-        let mut length_bytes = [0u8; 4];
-        reader
-            .read_exact(&mut length_bytes)
-            .map_err(io_error(path))?;
-        let frame_length = u64::from(u32::from_le_bytes(length_bytes));
-        if frame_length + 4 > remaining {
-            return Err(CheckpointError::Damaged {
-                path: path.to_owned(),
-                reason: "a frame runs past the checkpoint".to_owned(),
-            });
+/// The file's bytes when they are the marker's snapshot; `Err(reason)` when
+/// the file is missing or differs.
+fn read_matching(path: &Path, marker: &Marker) -> Result<Result<Vec<u8>, String>, CheckpointError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err("the snapshot file is missing".to_owned()));
         }
-        frame.resize(frame_length as usize, 0);
-        reader.read_exact(&mut frame).map_err(io_error(path))?;
-        remaining -= frame_length + 4;
-        let record = decode_frame(&frame).ok_or_else(|| CheckpointError::Damaged {
-            path: path.to_owned(),
-            reason: "a frame does not decode".to_owned(),
-        })?;
-        last_position = record.position;
-        fold(record);
-    }
-    Ok(last_position)
-}
-
-fn put_text(text: &str, out: &mut Vec<u8>) {
-    // Keys, streams and principals are short (the contract caps them at a
-    // few dozen characters); anything longer is cut rather than corrupting
-    // the frame.
-    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn encode_frame(record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&record.position.to_le_bytes());
-    out.extend_from_slice(&record.recorded_at_micros.to_le_bytes());
-    put_text(&record.key, out);
-    put_text(&record.stream, out);
-    put_text(&record.principal, out);
-    out.extend_from_slice(&record.payload);
-    let frame_length = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&frame_length.to_le_bytes());
-}
-
-fn decode_frame(frame: &[u8]) -> Option<Record> {
-    let mut rest = frame;
-    let mut take = |count: usize| -> Option<&[u8]> {
-        if rest.len() < count {
-            return None;
-        }
-        let (head, tail) = rest.split_at(count);
-        rest = tail;
-        Some(head)
+        Err(error) => return Err(io_error(path)(error)),
     };
-    let position = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    let recorded_at_micros = i64::from_le_bytes(take(8)?.try_into().ok()?);
-    let mut texts = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let length = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-        texts.push(String::from_utf8(take(length)?.to_vec()).ok()?);
+    if bytes.len() as u64 != marker.snapshot_bytes {
+        return Ok(Err(format!(
+            "the snapshot has {} bytes, the marker says {}",
+            bytes.len(),
+            marker.snapshot_bytes
+        )));
     }
-    let payload = Bytes::copy_from_slice(rest);
-    let principal = texts.pop()?;
-    let stream = texts.pop()?;
-    let key = texts.pop()?;
-    Some(Record {
-        position,
-        recorded_at_micros,
-        key,
-        stream,
-        principal,
-        payload,
-    })
+    if xxhash_rust::xxh3::xxh3_64(&bytes) != marker.snapshot_xxh3 {
+        return Ok(Err(
+            "the snapshot's checksum differs from the marker's".to_owned()
+        ));
+    }
+    Ok(Ok(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(position: u64) -> Record {
-        Record {
+    fn store(directory: &Path) -> CheckpointStore {
+        CheckpointStore::open(directory, "test", false).unwrap()
+    }
+
+    fn loaded(position: u64, bytes: &[u8]) -> Option<LoadedSnapshot> {
+        Some(LoadedSnapshot {
             position,
-            recorded_at_micros: 1_700_000_000_000_000 + position as i64,
-            key: format!("e-{position}"),
-            stream: "leeds.L-1".to_owned(),
-            principal: "dr-a".to_owned(),
-            payload: Bytes::from(vec![position as u8; 5]),
-        }
+            bytes: bytes.to_vec(),
+        })
     }
 
     #[test]
-    fn a_committed_checkpoint_is_read_back() {
+    fn a_saved_checkpoint_is_read_back() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = CheckpointStore::open(directory.path(), false, |_| {}).unwrap();
-        for position in 1..=3 {
-            store.add(&record(position));
-        }
-        store.commit().unwrap();
-        store.add(&record(4));
-        // Record 4 is never committed: it must not come back.
-        drop(store);
-        let mut seen = Vec::new();
-        let store =
-            CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
-        assert_eq!(seen, vec![record(1), record(2), record(3)]);
-        assert_eq!(store.position(), 3);
+        let mut first = store(directory.path());
+        assert_eq!(first.load().unwrap(), None);
+        first.save(3, b"three").unwrap();
+        first.save(7, b"seven!").unwrap();
+        assert_eq!(first.position(), 7);
+        let mut second = store(directory.path());
+        assert_eq!(second.load().unwrap(), loaded(7, b"seven!"));
+        assert_eq!(second.position(), 7);
     }
 
     #[test]
-    fn a_torn_commit_is_cut() {
+    fn a_save_interrupted_before_its_commit_leaves_the_previous_checkpoint() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = CheckpointStore::open(directory.path(), false, |_| {}).unwrap();
-        store.add(&record(1));
-        store.commit().unwrap();
-        drop(store);
-        // Bytes written after the marker: an interrupted commit.
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(directory.path().join("records.bin"))
-            .unwrap();
-        file.write_all(&[9, 9, 9]).unwrap();
-        drop(file);
-        let mut seen = Vec::new();
-        let mut store =
-            CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
-        assert_eq!(seen, vec![record(1)]);
-        store.add(&record(2));
-        store.commit().unwrap();
-        drop(store);
-        let mut seen = Vec::new();
-        CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
-        assert_eq!(seen, vec![record(1), record(2)]);
+        store(directory.path()).save(3, b"three").unwrap();
+        // The next save wrote part of its snapshot and of its marker, then
+        // the process died.
+        std::fs::write(directory.path().join(SNAPSHOT_TEMPORARY), b"sev").unwrap();
+        std::fs::write(directory.path().join(MARKER_TEMPORARY), b"{\"form").unwrap();
+        let mut reopened = store(directory.path());
+        assert_eq!(reopened.load().unwrap(), loaded(3, b"three"));
+        assert!(!directory.path().join(SNAPSHOT_TEMPORARY).exists());
+        assert!(!directory.path().join(MARKER_TEMPORARY).exists());
+        reopened.save(7, b"seven").unwrap();
+        assert_eq!(store(directory.path()).load().unwrap(), loaded(7, b"seven"));
     }
 
     #[test]
-    fn replay_gives_durable_and_pending_records() {
+    fn a_save_interrupted_after_its_commit_is_finished_on_load() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = CheckpointStore::open(directory.path(), false, |_| {}).unwrap();
-        store.add(&record(1));
-        store.add(&record(2));
-        store.commit().unwrap();
-        store.add(&record(3));
-        let mut seen = Vec::new();
-        store.replay(|record| seen.push(record)).unwrap();
-        assert_eq!(seen, vec![record(1), record(2), record(3)]);
-        // Replaying changes nothing: the pending record still commits.
-        store.commit().unwrap();
-        drop(store);
-        let mut seen = Vec::new();
-        CheckpointStore::open(directory.path(), false, |record| seen.push(record)).unwrap();
-        assert_eq!(seen.len(), 3);
+        let mut first = store(directory.path());
+        first.save(3, b"three").unwrap();
+        first.save(7, b"seven").unwrap();
+        // As if the process died between the marker's rename and the
+        // snapshot's: the new marker, the old snapshot, the new one aside.
+        std::fs::rename(
+            directory.path().join(SNAPSHOT_FILE),
+            directory.path().join(SNAPSHOT_TEMPORARY),
+        )
+        .unwrap();
+        std::fs::write(directory.path().join(SNAPSHOT_FILE), b"three").unwrap();
+        assert_eq!(store(directory.path()).load().unwrap(), loaded(7, b"seven"));
+        assert!(!directory.path().join(SNAPSHOT_TEMPORARY).exists());
+        assert_eq!(store(directory.path()).load().unwrap(), loaded(7, b"seven"));
     }
 
     #[test]
-    fn rebuild_starts_empty() {
+    fn a_truncated_or_altered_snapshot_is_refused() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = CheckpointStore::open(directory.path(), false, |_| {}).unwrap();
-        store.add(&record(1));
-        store.commit().unwrap();
-        drop(store);
-        let mut seen = Vec::new();
-        let store =
-            CheckpointStore::open(directory.path(), true, |record| seen.push(record)).unwrap();
-        assert!(seen.is_empty());
-        assert_eq!(store.position(), 0);
+        store(directory.path()).save(3, b"three").unwrap();
+        let snapshot = directory.path().join(SNAPSHOT_FILE);
+        std::fs::write(&snapshot, b"thr").unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(
+            error.to_string().contains("3 bytes, the marker says 5"),
+            "{error}"
+        );
+        std::fs::write(&snapshot, b"THREE").unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(error.to_string().contains("checksum"), "{error}");
+        std::fs::remove_file(&snapshot).unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn a_marker_of_another_format_or_projection_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        store(directory.path()).save(3, b"three").unwrap();
+        let marker_path = directory.path().join(MARKER_FILE);
+        let mut marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&marker_path).unwrap()).unwrap();
+        marker["format"] = serde_json::json!(CHECKPOINT_FORMAT + 1);
+        std::fs::write(&marker_path, marker.to_string()).unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(
+            error.to_string().contains("this build reads format"),
+            "{error}"
+        );
+
+        let mut other = CheckpointStore::open(directory.path(), "other", true).unwrap();
+        other.save(3, b"three").unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(error.to_string().contains("checkpoint of other"), "{error}");
+
+        std::fs::write(&marker_path, b"{not json").unwrap();
+        let error = store(directory.path()).load().unwrap_err();
+        assert!(matches!(error, CheckpointError::Damaged { .. }), "{error}");
+    }
+
+    #[test]
+    fn rebuild_and_discard_start_empty() {
+        let directory = tempfile::tempdir().unwrap();
+        store(directory.path()).save(3, b"three").unwrap();
+        let mut rebuilt = CheckpointStore::open(directory.path(), "test", true).unwrap();
+        assert_eq!(rebuilt.load().unwrap(), None);
+        assert_eq!(rebuilt.position(), 0);
+        rebuilt.save(4, b"four").unwrap();
+        rebuilt.discard().unwrap();
+        assert_eq!(store(directory.path()).load().unwrap(), None);
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_the_codec() {
+        let value = (7u64, vec!["leeds".to_owned()], [1u64, 2]);
+        let bytes = encode(&value).unwrap();
+        let back: (u64, Vec<String>, [u64; 2]) = decode(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back, value);
+        let error = decode::<(u64, Vec<String>)>(&bytes[..3], Path::new("x")).unwrap_err();
+        assert!(error.to_string().contains("does not decode"), "{error}");
     }
 }

@@ -2,7 +2,7 @@
 //! that they never depend on one another: bearer-token auth and the access
 //! rules, the one mapping of error kinds to gRPC codes and HTTP statuses, the
 //! gRPC server plumbing (health, reflection, TLS, graceful shutdown),
-//! projection checkpoints, the bus of derived events, and a client.
+//! projection checkpoints (snapshots of a projection's state), the bus of derived events, and a client.
 //!
 //! Why a crate of its own: see `docs/adr/0005-service-kit.md`.
 

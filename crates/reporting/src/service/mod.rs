@@ -1,5 +1,7 @@
 //! The reporting service: `toxaudit.v1.Reporting`. It follows the event log
-//! into the domain's audit [`Cohort`], checkpoints what it folded, and serves
+//! into the domain's audit [`Cohort`], checkpoints the cohort's snapshot
+//! (resuming after it on restart; one folded with other rule parameters is
+//! refused and the log refolded from position 1), and serves
 //! the report of `spec/rules.md` on demand (`GetReport`) and as a stream
 //! pushed after every change (`WatchReport`: coalesced, at most
 //! [`WATCH_PUSHES_PER_SECOND`] per second per watcher).
@@ -11,11 +13,14 @@
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
-use domain::audit::{AuditReport, Cohort, RuleParameters, ScopeReport, Standard};
+use domain::audit::{AuditReport, Cohort, CohortSnapshot, RuleParameters, ScopeReport, Standard};
 use eventlog::{EventLog, Record};
 use futures::Stream;
 use proto::v1::{
@@ -24,7 +29,8 @@ use proto::v1::{
 };
 use service_kit::{
     AuthInterceptor, GrpcServer, JwtSecret, ReadScope, ServiceError, Shutdown, TlsFiles, auth,
-    follow::{AsyncFold, Checkpointer, FollowError, follow_log},
+    checkpoint::encode,
+    follow::{AsyncFold, Checkpointer, FollowError, Snapshotter, follow_log},
     server::ServerError,
 };
 use tokio::sync::watch;
@@ -70,6 +76,8 @@ struct Projection {
     cohort: Mutex<Cohort>,
     /// The last log position folded in; watchers wait on it.
     position: watch::Sender<u64>,
+    /// Records folded by this process (not restored from a checkpoint).
+    folded_here: AtomicU64,
 }
 
 impl Projection {
@@ -107,10 +115,29 @@ impl AsyncFold for ProjectionFold {
             let mut cohort = self.0.cohort.lock().unwrap_or_else(PoisonError::into_inner);
             for record in records {
                 fold_record(&mut cohort, record)?;
+                self.0.folded_here.fetch_add(1, Ordering::Relaxed);
             }
             self.0.position.send_replace(last.position);
         }
         Ok(())
+    }
+
+    fn snapshotter(&self) -> Snapshotter {
+        let projection = Arc::clone(&self.0);
+        Box::new(move |saved| {
+            let (position, snapshot) = {
+                let cohort = projection
+                    .cohort
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let position = *projection.position.borrow();
+                if position <= saved {
+                    return Ok(None);
+                }
+                (position, cohort.snapshot())
+            };
+            Ok(Some((position, encode(&snapshot)?)))
+        })
     }
 }
 
@@ -126,6 +153,12 @@ impl LiveReport {
     /// The report and the last log position folded into it.
     pub fn report(&self) -> (u64, AuditReport) {
         self.projection.report()
+    }
+
+    /// How many records this process folded itself (a restart from a
+    /// checkpoint folds only those after it).
+    pub fn records_folded_here(&self) -> u64 {
+        self.projection.folded_here.load(Ordering::Relaxed)
     }
 
     /// The last log position folded in; it changes after every fold.
@@ -161,27 +194,23 @@ impl Reporting {
         rebuild: bool,
         parameters: RuleParameters,
     ) -> Result<Self, ReportingError> {
-        let (checkpointer, (cohort, failure)) = Checkpointer::open(
+        let (checkpointer, restored) = Checkpointer::open(
             checkpoint_directory,
+            "reporting",
             rebuild,
-            (Cohort::new(parameters), None::<FollowError>),
-            |(cohort, failure), record| {
-                if failure.is_none()
-                    && let Err(error) = fold_record(cohort, &record)
-                {
-                    *failure = Some(error);
-                }
+            move |snapshot: CohortSnapshot| {
+                Cohort::from_snapshot(snapshot, &parameters).map_err(|error| error.to_string())
             },
         )
         .await?;
-        if let Some(error) = failure {
-            return Err(error.into());
-        }
-        let (position, _) = watch::channel(checkpointer.position());
+        let (checkpoint_position, cohort) =
+            restored.unwrap_or_else(|| (0, Cohort::new(parameters)));
+        let (position, _) = watch::channel(checkpoint_position);
         Ok(Self {
             projection: Arc::new(Projection {
                 cohort: Mutex::new(cohort),
                 position,
+                folded_here: AtomicU64::new(0),
             }),
             checkpointer,
             log,
@@ -211,9 +240,11 @@ impl Reporting {
 
     /// Follows the log into the projection until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ReportingError> {
+        let from_position = *self.projection.position.borrow() + 1;
         follow_log(
             self.log,
             self.checkpointer,
+            from_position,
             shutdown,
             ProjectionFold(self.projection),
         )
