@@ -5,11 +5,11 @@
 //! locally first (so a bad file is refused with `FILE:LINE: field: reason`
 //! and nothing is sent), then sends the events in `Ingest.Append` requests of
 //! up to [`EVENTS_PER_REQUEST`] events. Each request is all or nothing on
-//! the server, which checks it against the log; a file that fits in one
-//! request (most clinic files) is therefore imported all or nothing, exactly
-//! like `--data-dir`. A larger file is imported request by request: when one
-//! is refused, the requests before it stay appended (importing the fixed file
-//! again is safe, what is stored comes back as duplicates).
+//! the server, which checks it against the log; a file of up to that many
+//! events is therefore imported all or nothing, exactly like `--data-dir`. A
+//! larger file is imported request by request: when one is refused, the
+//! requests before it stay appended, and the summary says how many (importing
+//! the fixed file again is safe: what is stored comes back as duplicates).
 
 use std::{collections::HashSet, path::PathBuf, process::ExitCode};
 
@@ -21,9 +21,11 @@ use service_kit::client::{ServiceClient, refused_events};
 
 use super::import::for_each_line;
 
-/// Events per `Ingest.Append` request: one atomic batch on the server, well
-/// under its 64 MiB message limit.
-pub const EVENTS_PER_REQUEST: usize = 50_000;
+/// Events per `Ingest.Append` request: one atomic batch on the server. On
+/// NATS an atomic batch holds at most 1000 messages
+/// (`eventlog::jetstream::MAX_ATOMIC_BATCH`), so larger requests would be
+/// refused there.
+pub const EVENTS_PER_REQUEST: usize = eventlog::jetstream::MAX_ATOMIC_BATCH;
 
 /// How to reach the services.
 #[derive(Debug, Clone, clap::Args)]
