@@ -1,6 +1,7 @@
 //! Phase 4: end-to-end latency at a steady offered load. Events are sent
-//! open-loop (a tokio interval fires every 1/rate s and each tick starts one
-//! `Ingest.Append` of one event without waiting for earlier ones), and a
+//! open-loop (a tokio interval fires every `events_per_append / rate` s and
+//! each tick starts one `Ingest.Append` without waiting for earlier ones),
+//! and a
 //! `WatchReport` stream is read at the same time. An event's latency is from
 //! its append being acked (the client has the answer) to the first report
 //! on the stream whose `as_of_position` covers the event's position.
@@ -26,13 +27,15 @@ use crate::{
     stack::Stack,
 };
 
-/// How long the harness waits for the last event to show up after the load.
+/// How long the harness waits for the last event to show up after the load,
+/// and for the appends in flight to be answered.
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// What one latency run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LatencyFigures {
     pub offered_events_per_second: u32,
+    pub events_per_append: usize,
     pub seconds: f64,
     pub sent: usize,
     pub refused: usize,
@@ -77,8 +80,10 @@ pub async fn run(
     work: &std::path::Path,
     events: Vec<Event>,
     rate: u32,
+    events_per_append: usize,
     duration: Duration,
 ) -> anyhow::Result<LatencyFigures> {
+    let events_per_append = events_per_append.max(1);
     let stack = Stack::all_services(log, bus, work).await?;
     let live = stack.live.clone().context("reporting is not running")?;
     let client = stack.admin_client().await?;
@@ -127,18 +132,25 @@ pub async fn run(
         "{} events for a load of {total}",
         events.len()
     );
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(
+        events_per_append as f64 / f64::from(rate),
+    ));
     // Open loop: a late tick is made up at once, the offered load stays put.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut in_flight = Vec::with_capacity(total);
-    for event in events.into_iter().take(total) {
+    let messages: Vec<proto::v1::Event> = events
+        .iter()
+        .take(total)
+        .map(proto::v1::Event::from)
+        .collect();
+    for chunk in messages.chunks(events_per_append) {
         ticker.tick().await;
         let client = client.clone();
-        let message = proto::v1::Event::from(&event);
+        let batch = chunk.to_vec();
         in_flight.push(tokio::spawn(async move {
             let sent_at = Instant::now();
-            let outcome = client.append(vec![message]).await;
+            let outcome = client.append(batch).await;
             (sent_at, Instant::now(), outcome)
         }));
     }
@@ -146,16 +158,31 @@ pub async fn run(
     let mut acks = Vec::with_capacity(total);
     let mut append_times = Vec::with_capacity(total);
     let mut refused = 0;
-    for task in in_flight {
-        let (sent_at, acked_at, outcome) = task.await.context("an append task panicked")?;
-        match outcome.map(|response| response.outcomes.first().map(|o| o.position)) {
-            Ok(Some(position)) => {
-                acks.push((position, acked_at));
-                append_times.push(acked_at - sent_at);
+    let answered = async {
+        for task in in_flight {
+            let (sent_at, acked_at, outcome) = task.await.context("an append task panicked")?;
+            match outcome {
+                Ok(response) => {
+                    append_times.push(acked_at - sent_at);
+                    acks.extend(
+                        response
+                            .outcomes
+                            .iter()
+                            .map(|outcome| (outcome.position, acked_at)),
+                    );
+                }
+                Err(_) => refused += events_per_append,
             }
-            Ok(None) | Err(_) => refused += 1,
         }
-    }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(SETTLE, answered)
+        .await
+        .with_context(|| {
+            format!(
+                "appends were still unanswered {SETTLE:?} after the load: ingest cannot keep up with {rate} events/s in appends of {events_per_append}"
+            )
+        })??;
     let last = acks
         .iter()
         .map(|(position, _)| *position)
@@ -170,6 +197,8 @@ pub async fn run(
     watching.abort();
     drop(client);
     stack.stop().await?;
+    // The fold watch ends when the projection is gone: this is its last handle.
+    drop(live);
     let watched = std::mem::take(&mut *watched.lock().unwrap_or_else(PoisonError::into_inner));
     let folded = folding.await.context("the fold watch task panicked")?;
     let (watch_delays, visible_before_ack) = delays(&acks, &watched)?;
@@ -177,6 +206,7 @@ pub async fn run(
     let none = || anyhow::anyhow!("no event was appended");
     Ok(LatencyFigures {
         offered_events_per_second: rate,
+        events_per_append,
         seconds: offered_seconds,
         sent: total,
         refused,

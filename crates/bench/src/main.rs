@@ -67,6 +67,10 @@ struct Arguments {
     /// Offered load of the latency runs, events per second.
     #[arg(long, default_value_t = 1_000)]
     latency_rate: u32,
+    /// Events per `Ingest.Append` in the latency runs (a clinic's small
+    /// batch; 1 asks ingest for 1k appends/s, see docs/performance.md).
+    #[arg(long, default_value_t = 10)]
+    latency_events_per_append: usize,
     /// Phases to run, comma-separated: ingest,nats,replay,latency.
     #[arg(long, value_delimiter = ',', default_values_t = ["ingest".to_owned(), "nats".to_owned(), "replay".to_owned(), "latency".to_owned()])]
     phases: Vec<String>,
@@ -244,6 +248,7 @@ fn run(arguments: &Arguments) -> anyhow::Result<ExitCode> {
             runtime.block_on(latency_phase(
                 &arguments.work.join("latency"),
                 arguments.latency_rate,
+                arguments.latency_events_per_append,
                 duration,
             )),
         );
@@ -260,6 +265,7 @@ fn run(arguments: &Arguments) -> anyhow::Result<ExitCode> {
             "replay_patients": replay_patients,
             "latency_rate": arguments.latency_rate,
             "latency_seconds": arguments.latency_seconds,
+            "latency_events_per_append": arguments.latency_events_per_append,
             "failures": failures,
         }),
         lines,
@@ -388,6 +394,7 @@ fn replay_phase(
 async fn latency_phase(
     work: &std::path::Path,
     rate: u32,
+    events_per_append: usize,
     duration: Duration,
 ) -> anyhow::Result<Vec<Line>> {
     let needed = (f64::from(rate) * duration.as_secs_f64()) as u64;
@@ -404,6 +411,7 @@ async fn latency_phase(
         &work.join("embedded-services"),
         events.clone(),
         rate,
+        events_per_append,
         duration,
     )
     .await?;
@@ -426,6 +434,7 @@ async fn latency_phase(
         &work.join("nats-services"),
         events,
         rate,
+        events_per_append,
         duration,
     )
     .await?;
@@ -455,8 +464,9 @@ fn latency_line(
     .baseline("ack -> folded p99", figures.folded.p99_ms)
     .target(&format!("p99 < {target_ms:.0} ms"), p99 < target_ms)
     .note(format!(
-        "{} events/s offered open-loop for {:.1} s, {} sent, {} refused; WatchReport p50 {:.1} ms, max {:.1} ms; folded p50 {:.1} ms, max {:.1} ms; append send->ack p50 {:.1} ms, p99 {:.1} ms; {} reports pushed, {} events visible before their ack arrived",
+        "{} events/s offered open-loop in appends of {} for {:.1} s, {} sent, {} refused; WatchReport p50 {:.1} ms, max {:.1} ms; folded p50 {:.1} ms, max {:.1} ms; append send->ack p50 {:.1} ms, p99 {:.1} ms; {} reports pushed, {} events visible before their ack arrived",
         figures.offered_events_per_second,
+        figures.events_per_append,
         figures.seconds,
         figures.sent,
         figures.refused,
