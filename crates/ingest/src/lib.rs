@@ -55,6 +55,22 @@ pub struct IngestConfig {
     pub rebuild: bool,
 }
 
+/// A read-only look at the admission state's progress, for tests and
+/// metrics.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    state: Arc<state::AdmissionState>,
+}
+
+impl Progress {
+    /// How many log records this process folded into its admission state
+    /// (a restart from a checkpoint folds only those after it; a batch it
+    /// appended itself is admitted, not folded back).
+    pub async fn records_folded_here(&self) -> u64 {
+        self.state.records_folded_here().await
+    }
+}
+
 /// The ingest projection and its service, ready to be served.
 #[derive(Debug)]
 pub struct Ingest {
@@ -97,10 +113,11 @@ impl Ingest {
         })
     }
 
-    /// How many log records this process folded into its admission state
-    /// (a restart from a checkpoint folds only those after it).
-    pub async fn records_folded_here(&self) -> u64 {
-        self.state.records_folded_here().await
+    /// The admission state's progress, readable while it serves.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            state: Arc::clone(&self.state),
+        }
     }
 
     /// The tonic service, behind the bearer-token check.
@@ -163,6 +180,11 @@ pub async fn build(config: IngestConfig) -> Result<Application, IngestError> {
 impl Application {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The admission state's progress, readable while it serves.
+    pub fn progress(&self) -> Progress {
+        self.ingest.progress()
     }
 
     /// Serves until `shutdown`, then commits the checkpoint.

@@ -1,7 +1,8 @@
 //! Assessment on a real (embedded) log with the in-process bus: given
 //! events in the log, when the service follows it, then each change of a
 //! patient's assessment is published once, with a replay-stable id, and a
-//! restart from the checkpoint publishes nothing it published before.
+//! restart from the checkpoint publishes nothing it published before and
+//! folds no record at or before the checkpoint's position.
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,12 +61,13 @@ async fn append(log: &dyn EventLog, lines: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs assessment until it has folded `head`, collecting what it publishes.
+/// Runs assessment until it has folded `head`, collecting what it publishes
+/// and counting the records it folded itself.
 async fn run_until(
     log: Arc<dyn EventLog>,
     checkpoints: &std::path::Path,
     head: u64,
-) -> anyhow::Result<Vec<PatientAssessed>> {
+) -> anyhow::Result<(Vec<PatientAssessed>, u64)> {
     let bus = DerivedBus::in_process();
     let mut published = bus.follow().await?;
     let secret = Arc::new(JwtSecret::from_bytes(SECRET)?);
@@ -81,6 +83,7 @@ async fn run_until(
     })
     .await?;
     let url = format!("http://{}", application.local_addr());
+    let progress = application.progress();
     let (trigger, shutdown) = Shutdown::new();
     let task = tokio::spawn(application.run_until_stopped(shutdown));
     let token = secret.issue("auditor", "all", Role::Auditor, Duration::from_secs(60))?;
@@ -110,7 +113,7 @@ async fn run_until(
     while let Some(Some(event)) = published.next().now_or_never() {
         events.push(event?);
     }
-    Ok(events)
+    Ok((events, progress.records_folded_here()))
 }
 
 #[tokio::test]
@@ -125,7 +128,8 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
     let lines = secondary_non_responder();
     append(log.as_ref(), &lines).await?;
 
-    let first = run_until(Arc::clone(&log), &checkpoints, 7).await?;
+    let (first, folded) = run_until(Arc::clone(&log), &checkpoints, 7).await?;
+    assert_eq!(folded, 7);
     // Registration, each cycle and each rating changes the assessment.
     let positions: Vec<_> = first.iter().map(|event| event.source_position).collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5, 6, 7]);
@@ -136,8 +140,9 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
     assert_eq!(first[0].classification, "not_snr");
 
     // A restart resumes from the checkpoint: nothing new, nothing again.
-    let second = run_until(Arc::clone(&log), &checkpoints, 7).await?;
+    let (second, folded) = run_until(Arc::clone(&log), &checkpoints, 7).await?;
     assert!(second.is_empty(), "{second:?}");
+    assert_eq!(folded, 0, "the restart refolded records of its checkpoint");
 
     // A re-assessment with the same rating changes nothing: not published.
     // One that changes the rating is, once.
@@ -156,7 +161,8 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
         &[line("e-9", "L-1", "2019-08-26", &rating("e-6", "good"))],
     )
     .await?;
-    let third = run_until(Arc::clone(&log), &checkpoints, 9).await?;
+    let (third, folded) = run_until(Arc::clone(&log), &checkpoints, 9).await?;
+    assert_eq!(folded, 2, "only positions 8 and 9 are new");
     let positions: Vec<_> = third.iter().map(|event| event.source_position).collect();
     assert_eq!(positions, vec![9]);
     assert_eq!(third[0].classification, "not_snr");

@@ -230,6 +230,76 @@ async fn a_restart_resumes_from_the_checkpoint() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_restart_folds_only_what_others_wrote_after_the_checkpoint() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let checkpoints = directory.path().join("checkpoint");
+    let log = embedded(directory.path())?;
+    let running = Running::start(Arc::clone(&log), &checkpoints, Role::Admin).await?;
+    running
+        .client
+        .append(vec![registered("e-1", "L-1"), registered("e-2", "L-2")])
+        .await?;
+    running.stop().await?;
+
+    // Another writer appends after the checkpoint (position 2).
+    let today =
+        domain::ClinicalDate::from_ymd(2026, 1, 1).ok_or_else(|| anyhow::anyhow!("not a date"))?;
+    let other = proto::convert::event_from_proto(registered("e-3", "L-3"), today)
+        .map_err(|refusal| anyhow::anyhow!("{refusal:?}"))?;
+    log.append(eventlog::AppendBatch::new(vec![eventlog::NewRecord {
+        key: "e-3".to_owned(),
+        stream: "leeds.L-3".to_owned(),
+        principal: "other".to_owned(),
+        payload: proto::convert::encode_event(&other),
+    }]))
+    .await?;
+
+    let secret = Arc::new(JwtSecret::from_bytes(SECRET)?);
+    let application = ingest::build(ingest::IngestConfig {
+        log: Arc::clone(&log),
+        secret: Arc::clone(&secret),
+        grpc_address: "127.0.0.1:0".to_owned(),
+        tls: None,
+        checkpoint_directory: checkpoints.clone(),
+        rebuild: false,
+    })
+    .await?;
+    let url = format!("http://{}", application.local_addr());
+    let progress = application.progress();
+    let (trigger, shutdown) = Shutdown::new();
+    let task = tokio::spawn(application.run_until_stopped(shutdown));
+    let token = secret.issue("dr-test", "leeds", Role::Admin, Duration::from_secs(300))?;
+    let client = ServiceClient::connect(&url, &token, None).await?;
+    // A refused batch (L-9 is not registered) makes the state stale; the
+    // next batch restores it from the checkpoint, then reads the log.
+    let refused = client
+        .append(vec![
+            registered("e-4", "L-4"),
+            injected("e-5", "L-9", "2020-02-01", 200),
+        ])
+        .await;
+    assert!(refused.is_err(), "a batch naming L-9 was accepted");
+    let response = client
+        .append(vec![
+            registered("e-1", "L-1"),
+            injected("e-6", "L-3", "2020-02-01", 200),
+        ])
+        .await?;
+    assert!(response.outcomes[0].duplicate, "e-1 was forgotten");
+    assert_eq!(response.outcomes[1].position, 4, "{response:?}");
+    let folded = progress.records_folded_here().await;
+    trigger.trigger();
+    task.await??;
+    // Only e-3 (position 3, another writer's) was folded, never 1 or 2:
+    // once before the refused batch, once after the state was restored
+    // from the checkpoint at 2.
+    assert_eq!(folded, 2);
+    let marker = std::fs::read_to_string(checkpoints.join("checkpoint.json"))?;
+    assert!(marker.contains("\"position\":4"), "{marker}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_auditor_cannot_write() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
     let running = Running::start(

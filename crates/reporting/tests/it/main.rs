@@ -9,3 +9,4 @@
 mod cohort;
 mod paper2019;
 mod render;
+mod restart;
