@@ -187,7 +187,7 @@ impl Application {
         self.ingest.progress()
     }
 
-    /// Serves until `shutdown`, then commits the checkpoint.
+    /// Serves until `shutdown`, then saves the checkpoint.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), IngestError> {
         let (served, checkpointed) = tokio::join!(
             self.server.run_until_stopped(shutdown.clone().wait()),

@@ -202,7 +202,8 @@ impl AdmissionState {
     /// batch; otherwise nothing is appended and every refusal comes back.
     ///
     /// When the log refuses the batch because a patient's stream moved
-    /// (another writer got there first), the state is refolded and the batch
+    /// (another writer got there first), the state is restored from the
+    /// checkpoint, brought to the log's head, and the batch
     /// admitted again, up to [`ATTEMPTS_ON_CONFLICT`] times in all: the
     /// events are judged against what is really stored, and a retry can
     /// never store anything twice (ids are idempotency keys).

@@ -181,10 +181,14 @@ impl Checkpointer {
         let store = Arc::clone(&self.store);
         let directory = self.directory.clone();
         tokio::task::spawn_blocking(move || {
-            let mut store = lock(&store);
-            let Some((position, bytes)) = snapshotter(store.position())? else {
+            // The snapshot is taken without holding the store: the
+            // projection's lock may be held by a task waiting for the store
+            // (ingest restoring its state from the checkpoint).
+            let saved = lock(&store).position();
+            let Some((position, bytes)) = snapshotter(saved)? else {
                 return Ok(false);
             };
+            let mut store = lock(&store);
             if position <= store.position() {
                 return Ok(false);
             }
