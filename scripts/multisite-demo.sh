@@ -146,8 +146,12 @@ TOXAUDIT_JWT_SECRET="$(head -c 48 /dev/urandom | base64 | tr -d '/+=\n')"
 
 say "starting toxaudit at each centre, on its own leaf node"
 for centre in "${centres[@]}"; do
+    # The leaf admits no client without credentials: the centre's services
+    # connect as `services`, with the password file add-centre.sh wrote.
     start "$centre-toxaudit" "$toxaudit" up \
         --nats "nats://127.0.0.1:${leaf_client[$centre]}" \
+        --nats-user services \
+        --nats-password-file "$config/secrets/$centre-services.password" \
         --data-dir "$work/$centre" \
         --grpc-addr "127.0.0.1:${grpc[$centre]}" \
         --http-addr "127.0.0.1:${http[$centre]}"
@@ -157,6 +161,8 @@ hub_http="$(free_port)"
 say "starting reporting at the hub, on the network stream"
 start "hub-reporting" "$toxaudit" serve reporting \
     --nats "nats://127.0.0.1:${client[1]}" \
+    --nats-user network-reporting \
+    --nats-password-file "$config/secrets/network-reporting.password" \
     --data-dir "$work/hub-reporting" \
     --grpc-addr "127.0.0.1:$hub_grpc" \
     --http-addr "127.0.0.1:$hub_http"

@@ -5,7 +5,9 @@
 #   2. adds the centre's leaf password to CONFIG_DIR/secrets/hub.env;
 #   3. renders the centre's leaf node config CONFIG_DIR/<centre>/leaf.conf and
 #      its secrets CONFIG_DIR/secrets/<centre>.env (mode 0600), whose leaf URLs
-#      name every hub node given with --hub-leafnodes.
+#      name every hub node given with --hub-leafnodes;
+#   4. writes the centre services' NATS credentials for toxaudit:
+#      CONFIG_DIR/secrets/<centre>-services.env and .password (mode 0600).
 # Then, as it prints: reload each hub node, start the leaf in the centre, and
 # run `toxaudit network sync` so that the hub sources the centre's stream.
 #
@@ -83,6 +85,17 @@ for index in 0 1 2; do
     echo "TOXAUDIT_HUB_LEAF_URL_$((index + 1))=nats-leaf://leaf-$centre:$leaf_password@${hubs[$index]}" >>"$centre_env"
 done
 
+# 4. The centre services' own credentials, for toxaudit rather than
+# nats-server: an env file (TOXAUDIT_NATS_USER / TOXAUDIT_NATS_PASSWORD, for
+# compose or a Kubernetes Secret) and the bare password (for
+# --nats-password-file, a systemd credential).
+services_password="$(sed -n 's/^TOXAUDIT_CENTRE_SERVICES_PASSWORD=//p' "$centre_env")"
+{
+    echo "TOXAUDIT_NATS_USER=services"
+    echo "TOXAUDIT_NATS_PASSWORD=$services_password"
+} >"$config_dir/secrets/$centre-services.env"
+printf '%s\n' "$services_password" >"$config_dir/secrets/$centre-services.password"
+
 mkdir -p "$config_dir/$centre"
 umask 022
 "$here/render.sh" "$here/leaf.conf.template" \
@@ -96,5 +109,7 @@ added centre $centre:
           -> copy both to every hub node, then: nats-server --signal reload
   centre: $config_dir/$centre/leaf.conf and $centre_env
           -> install them in the centre and start its leaf node
+          $config_dir/secrets/$centre-services.{env,password}
+          -> the services' credentials (toxaudit --nats-user services ...)
   then:   toxaudit network sync --nats nats://network-admin:<password>@<hub>:4222 --centre $centre ...
 NEXT

@@ -2,7 +2,9 @@
 # Renders the config of one hub node into CONFIG_DIR/<server_name>/: hub.conf
 # from hub.conf.template and hub-accounts.conf from the centres listed in
 # CONFIG_DIR/centres (one a line, kept by add-centre.sh). Creates the hub's
-# secrets in CONFIG_DIR/secrets/hub.env (mode 0600) the first time.
+# secrets in CONFIG_DIR/secrets/hub.env (mode 0600) the first time, and hub
+# reporting's NATS credentials in CONFIG_DIR/secrets/network-reporting.env and
+# network-reporting.password.
 #
 #   deploy/nats/render-hub.sh --config-dir /etc/toxaudit/nats \
 #       server_name=hub-1 client_listen=0.0.0.0:4222 monitor_listen=127.0.0.1:8222 \
@@ -45,6 +47,18 @@ if [[ ! -f "$hub_env" ]]; then
     )
 fi
 route_password="$(sed -n 's/^TOXAUDIT_ROUTE_PASSWORD=//p' "$hub_env")"
+# Hub reporting's NATS credentials, for toxaudit rather than nats-server: an
+# env file (compose, a Kubernetes Secret) and the bare password (a systemd
+# credential for --nats-password-file).
+(
+    umask 077
+    reporting_password="$(sed -n 's/^TOXAUDIT_NETWORK_REPORTING_PASSWORD=//p' "$hub_env")"
+    {
+        echo "TOXAUDIT_NATS_USER=network-reporting"
+        echo "TOXAUDIT_NATS_PASSWORD=$reporting_password"
+    } >"$config_dir/secrets/network-reporting.env"
+    printf '%s\n' "$reporting_password" >"$config_dir/secrets/network-reporting.password"
+)
 
 server_name=""
 values=()

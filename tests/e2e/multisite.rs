@@ -22,7 +22,10 @@ use bytes::Bytes;
 use domain::ClinicalDate;
 use domain::audit::{Cohort, RuleParameters};
 use eventlog::network::{CentreSource, NetworkStreamOptions, ensure_network_stream};
-use eventlog::{AppendBatch, AppendOutcome, EventLog, JetStreamLog, JetStreamOptions, NewRecord};
+use eventlog::{
+    AppendBatch, AppendOutcome, EventLog, JetStreamLog, JetStreamOptions, LogError, NatsAuth,
+    NewRecord,
+};
 use test_support::topology::{
     self, CENTRE_SERVICES_PASSWORD, NETWORK_REPORTING_PASSWORD, Topology,
 };
@@ -199,12 +202,28 @@ impl Network {
     }
 }
 
-/// A centre's log on its leaf node, as the centre's services user.
+/// A centre's log on its leaf node, as the centre's services user, with the
+/// user and password written in the URL (parsed out by eventlog, as async-nats
+/// alone would send none).
 async fn centre_log(topology: &Topology, centre: &str) -> anyhow::Result<JetStreamLog> {
     let url = topology.leaf_url_as(centre, "services", CENTRE_SERVICES_PASSWORD)?;
-    JetStreamLog::with_client(topology::connect(&url).await?, JetStreamOptions::default())
+    JetStreamLog::connect(&url, JetStreamOptions::default())
         .await
         .with_context(|| format!("opening the {centre} log on its leaf node"))
+}
+
+/// The centre services' credentials, as `--nats-user services` with its
+/// password file gives them.
+fn services_auth() -> NatsAuth {
+    NatsAuth::UserPassword {
+        user: "services".to_owned(),
+        password: CENTRE_SERVICES_PASSWORD.to_owned(),
+    }
+}
+
+/// `url` without any user or password in it.
+fn plain_url(port: u16) -> String {
+    format!("nats://127.0.0.1:{port}")
 }
 
 /// The founding audit's demo events of one centre, as records in file order.
@@ -625,4 +644,134 @@ fn subject_token(patient: &str) -> String {
             }
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_credentials_are_refused_and_the_services_with_credentials_work()
+-> anyhow::Result<()> {
+    let network = Network::start().await?;
+    let leeds_url = plain_url(network.topology.leaf(LEEDS)?.client_port());
+    let hub_url = plain_url(network.topology.hub[0].client_port());
+
+    // No credentials: both the leaf and the hub refuse the connection, and
+    // the log says so instead of retrying.
+    for url in [&leeds_url, &hub_url] {
+        let refused = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url.as_str())
+            .await;
+        assert!(
+            matches!(&refused, Err(error) if error.kind() == async_nats::ConnectErrorKind::AuthorizationViolation),
+            "{url} admitted a client without credentials: {refused:?}"
+        );
+        let log = JetStreamLog::connect(url, JetStreamOptions::default()).await;
+        assert!(
+            matches!(&log, Err(LogError::Invalid(reason)) if reason.contains("refused")),
+            "{url}: {:?}",
+            log.err()
+        );
+    }
+    // Wrong password: refused too, and the password is in no message.
+    let wrong = JetStreamLog::connect(
+        &network
+            .topology
+            .leaf_url_as(LEEDS, "services", "not-the-password")?,
+        JetStreamOptions::default(),
+    )
+    .await;
+    let message = wrong
+        .err()
+        .context("a wrong password was admitted")?
+        .to_string();
+    assert!(!message.contains("not-the-password"), "{message}");
+
+    // With credentials given as options: the services write at their centre
+    // and publish derived events, and reporting at the hub reads the union.
+    let leeds = JetStreamLog::connect(
+        &leeds_url,
+        JetStreamOptions {
+            auth: services_auth(),
+            ..JetStreamOptions::default()
+        },
+    )
+    .await?;
+    let records = demo_records(LEEDS)?;
+    leeds
+        .append(AppendBatch::new(records[..20].to_vec()))
+        .await?;
+    let bus = service_kit::DerivedBus::connect_nats_with(&leeds_url, "toxaudit", &services_auth())
+        .await
+        .context("the derived event bus with credentials")?;
+    drop(bus);
+    let hub = network.hub_log().await?;
+    network.wait_for_convergence(&hub).await?;
+
+    // And the toxaudit binary: `up` at the centre with --nats-user and a
+    // password file, `serve reporting` at the hub as network-reporting, both
+    // start; without credentials `up` stops with the refusal.
+    let directory = tempfile::tempdir()?;
+    let services_password = directory.path().join("services.password");
+    std::fs::write(&services_password, format!("{CENTRE_SERVICES_PASSWORD}\n"))?;
+    let reporting_password = directory.path().join("reporting.password");
+    std::fs::write(
+        &reporting_password,
+        format!("{NETWORK_REPORTING_PASSWORD}\n"),
+    )?;
+    let up = super::services::ServiceProcess::start(
+        &[
+            "up".to_owned(),
+            "--nats".to_owned(),
+            leeds_url.clone(),
+            "--nats-user".to_owned(),
+            "services".to_owned(),
+            "--nats-password-file".to_owned(),
+            services_password.display().to_string(),
+            "--data-dir".to_owned(),
+            directory.path().join("leeds").display().to_string(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--no-http".to_owned(),
+        ],
+        directory.path().join("up.log"),
+    )?;
+    let reporting = super::services::ServiceProcess::start(
+        &[
+            "serve".to_owned(),
+            "reporting".to_owned(),
+            "--nats".to_owned(),
+            hub_url.clone(),
+            "--nats-user".to_owned(),
+            "network-reporting".to_owned(),
+            "--nats-password-file".to_owned(),
+            reporting_password.display().to_string(),
+            "--data-dir".to_owned(),
+            directory.path().join("hub").display().to_string(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ],
+        directory.path().join("reporting.log"),
+    )?;
+    drop((up, reporting));
+    let without = std::process::Command::new(super::services::toxaudit()?)
+        .args([
+            "up",
+            "--nats",
+            &leeds_url,
+            "--no-http",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(directory.path().join("without"))
+        .env(
+            "TOXAUDIT_JWT_SECRET",
+            "an end-to-end test secret, long enough",
+        )
+        .env_remove("TOXAUDIT_NATS_USER")
+        .env_remove("TOXAUDIT_NATS_PASSWORD")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(!without.status.success(), "up ran without credentials");
+    assert!(stderr.contains("refused"), "{stderr}");
+    Ok(())
 }

@@ -38,7 +38,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const BATCH: usize = 250;
 
 /// The toxaudit binary of this build (built once if `cargo test` did not).
-fn toxaudit() -> anyhow::Result<PathBuf> {
+pub(super) fn toxaudit() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(|| Mutex::new(None))
@@ -87,7 +87,7 @@ fn token(centre: &str, role: &str) -> anyhow::Result<String> {
 }
 
 /// A toxaudit service process; killed when dropped.
-struct ServiceProcess {
+pub(super) struct ServiceProcess {
     child: Child,
     url: String,
     log_path: PathBuf,
@@ -96,7 +96,7 @@ struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts `toxaudit <arguments>` and waits for its `listening grpc URL` line.
-    fn start(arguments: &[String], log_path: PathBuf) -> anyhow::Result<ServiceProcess> {
+    pub(super) fn start(arguments: &[String], log_path: PathBuf) -> anyhow::Result<ServiceProcess> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -15,10 +15,12 @@ use futures::stream::BoxStream;
 
 pub mod embedded;
 pub mod jetstream;
+pub mod nats_auth;
 pub mod network;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use jetstream::{BatchMode, JetStreamLog, JetStreamOptions};
+pub use nats_auth::{NatsAuth, NatsConnectError, NatsServers, connect_nats, redact_nats_urls};
 
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use bytes::Bytes;
+use eventlog::NatsAuth;
 use futures::{StreamExt, stream::BoxStream};
 use prost::Message;
 use proto::v1::PatientAssessed;
@@ -91,11 +92,22 @@ impl DerivedBus {
         })))
     }
 
-    /// Connects to the NATS server at `url` and then as [`DerivedBus::nats`].
+    /// Connects to the NATS server(s) at `url` with the credentials written
+    /// in the URL, if any, and then as [`DerivedBus::nats`].
     pub async fn connect_nats(url: &str, prefix: &str) -> Result<Self, BusError> {
-        let client = async_nats::connect(url).await.map_err(|error| {
-            BusError::Unavailable(format!("cannot reach nats server at {url}: {error}"))
-        })?;
+        Self::connect_nats_with(url, prefix, &NatsAuth::None).await
+    }
+
+    /// Connects to the NATS server(s) at `url` with `auth` (else the
+    /// credentials written in the URL), and then as [`DerivedBus::nats`].
+    pub async fn connect_nats_with(
+        url: &str,
+        prefix: &str,
+        auth: &NatsAuth,
+    ) -> Result<Self, BusError> {
+        let client = eventlog::connect_nats(url, auth, async_nats::ConnectOptions::new())
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))?;
         Self::nats(client, prefix).await
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eventlog::network::{CentreSource, NetworkStreamOptions, ensure_network_stream};
+use eventlog::{NatsAuth, redact_nats_urls};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,6 +36,8 @@ struct SyncArgs {
     /// Prefix of the NATS subjects and streams.
     #[arg(long, env = "TOXAUDIT_NATS_PREFIX", default_value = super::up::DEFAULT_NATS_PREFIX)]
     nats_prefix: String,
+    #[command(flatten)]
+    nats_auth: super::up::NatsAuthOptions,
     /// Replicas of the network stream: 3 on the three-node hub.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -61,9 +64,10 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         replicas: args.replicas,
         ..NetworkStreamOptions::default()
     };
+    let auth = args.nats_auth.resolve_alone()?;
     let runtime = super::runtime()?;
     let sourced = runtime.block_on(async {
-        let client = connect(&args.nats).await?;
+        let client = connect(&args.nats, &auth).await?;
         ensure_network_stream(client, &options, &centres)
             .await
             .context("creating or updating the network stream")
@@ -77,58 +81,14 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connects to one or more comma-separated URLs. async-nats does not read
-/// credentials from a URL, so the user and password written in it are
-/// passed as options.
-async fn connect(urls: &str) -> anyhow::Result<async_nats::Client> {
-    let mut credentials = None;
-    let mut addresses: Vec<async_nats::ServerAddr> = Vec::new();
-    for url in urls.split(',') {
-        let address: async_nats::ServerAddr = url
-            .trim()
-            .parse()
-            .with_context(|| format!("reading the nats url {url}"))?;
-        if credentials.is_none()
-            && let (Some(user), Some(password)) = (address.username(), address.password())
-        {
-            credentials = Some((user.to_owned(), password.to_owned()));
-        }
-        addresses.push(address);
-    }
-    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
-    if let Some((user, password)) = credentials {
-        options = options.user_and_password(user, password);
-    }
-    options
-        .connect(addresses)
-        .await
-        .with_context(|| format!("connecting to the hub at {}", without_password(urls)))
-}
-
-/// The URLs with any password replaced, for messages.
-fn without_password(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &url[scheme_end + 3..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-            }
-            _ => url.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_a_message() {
-        assert_eq!(
-            without_password("nats://admin:s3cret@hub-1:4222,nats://hub-2:4222"),
-            "nats://admin:***@hub-1:4222,nats://hub-2:4222"
-        );
-    }
+/// Connects to one or more comma-separated URLs, as `--nats-user` & co say,
+/// else with the user and password written in the URL.
+async fn connect(urls: &str, auth: &NatsAuth) -> anyhow::Result<async_nats::Client> {
+    eventlog::connect_nats(
+        urls,
+        auth,
+        async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .with_context(|| format!("connecting to the hub at {}", redact_nats_urls(urls)))
 }

@@ -9,7 +9,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use domain::audit::RuleParameters;
-use eventlog::{EmbeddedLog, EmbeddedOptions, EventLog, JetStreamLog, JetStreamOptions};
+use eventlog::{
+    EmbeddedLog, EmbeddedOptions, EventLog, JetStreamLog, JetStreamOptions, NatsAuth,
+    redact_nats_urls,
+};
 use reporting::http::{DashboardConfig, DashboardServer};
 use service_kit::{
     DerivedBus, GrpcServer, JwtSecret, Shutdown, ShutdownTrigger, TlsFiles,
@@ -48,6 +51,8 @@ pub struct ServiceOptions {
     /// Prefix of the NATS subjects and streams [default: toxaudit].
     #[arg(long, env = "TOXAUDIT_NATS_PREFIX")]
     nats_prefix: Option<String>,
+    #[command(flatten)]
+    nats_auth: NatsAuthOptions,
     /// File holding the token secret (else TOXAUDIT_JWT_SECRET).
     #[arg(long, env = "TOXAUDIT_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
@@ -71,9 +76,103 @@ struct FileConfig {
     http_addr: Option<String>,
     nats: Option<String>,
     nats_prefix: Option<String>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_creds: Option<PathBuf>,
+    nats_token_file: Option<PathBuf>,
     jwt_secret_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+}
+
+/// The environment variable holding the NATS password (with `--nats-user`),
+/// when no `--nats-password-file` is given.
+pub const NATS_PASSWORD_ENV: &str = "TOXAUDIT_NATS_PASSWORD";
+/// The environment variable holding a NATS token, when no
+/// `--nats-token-file` is given.
+pub const NATS_TOKEN_ENV: &str = "TOXAUDIT_NATS_TOKEN";
+
+/// How the services authenticate to NATS. At most one of user + password,
+/// credentials file, token; none means the credentials written in the URL,
+/// if any. Secrets come from files or the environment, never from a flag's
+/// value (which `ps` would show).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsAuthOptions {
+    /// NATS user; the password comes from --nats-password-file or TOXAUDIT_NATS_PASSWORD.
+    #[arg(long, env = "TOXAUDIT_NATS_USER")]
+    nats_user: Option<String>,
+    /// File holding the NATS password of --nats-user.
+    #[arg(long, env = "TOXAUDIT_NATS_PASSWORD_FILE")]
+    nats_password_file: Option<PathBuf>,
+    /// NATS credentials file (.creds: JWT and nkey seed).
+    #[arg(long, env = "TOXAUDIT_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// File holding a NATS token (else TOXAUDIT_NATS_TOKEN).
+    #[arg(long, env = "TOXAUDIT_NATS_TOKEN_FILE")]
+    nats_token_file: Option<PathBuf>,
+}
+
+impl NatsAuthOptions {
+    /// These options with no configuration file under them, the secrets read
+    /// from their files or the environment.
+    pub fn resolve_alone(&self) -> anyhow::Result<NatsAuth> {
+        self.resolve(
+            NatsAuthOptions::default(),
+            std::env::var(NATS_PASSWORD_ENV).ok(),
+            std::env::var(NATS_TOKEN_ENV).ok(),
+        )
+        .context("reading the nats credentials")
+    }
+
+    /// These options over `file`'s, with the secrets read from their files or
+    /// from `password_env` / `token_env` (the values of the variables).
+    fn resolve(
+        &self,
+        file: NatsAuthOptions,
+        password_env: Option<String>,
+        token_env: Option<String>,
+    ) -> anyhow::Result<NatsAuth> {
+        let user = self.nats_user.clone().or(file.nats_user);
+        let password_file = self.nats_password_file.clone().or(file.nats_password_file);
+        let creds = self.nats_creds.clone().or(file.nats_creds);
+        let token_file = self.nats_token_file.clone().or(file.nats_token_file);
+        let password = match &password_file {
+            Some(path) => Some(read_secret(path, "the nats password")?),
+            None => password_env.filter(|password| !password.is_empty()),
+        };
+        let token = match &token_file {
+            Some(path) => Some(read_secret(path, "the nats token")?),
+            None => token_env.filter(|token| !token.is_empty()),
+        };
+        match (user, password, creds, token) {
+            (None, None, None, None) => Ok(NatsAuth::None),
+            (Some(user), Some(password), None, None) => {
+                Ok(NatsAuth::UserPassword { user, password })
+            }
+            (None, None, Some(path), None) => Ok(NatsAuth::CredsFile(path)),
+            (None, None, None, Some(token)) => Ok(NatsAuth::Token(token)),
+            (Some(_), None, None, None) => anyhow::bail!(
+                "--nats-user needs a password: --nats-password-file or {NATS_PASSWORD_ENV}"
+            ),
+            (None, Some(_), None, None) => {
+                anyhow::bail!("a nats password is set but no --nats-user")
+            }
+            _ => anyhow::bail!(
+                "give one kind of nats credentials: --nats-user with a password, --nats-creds, or a token"
+            ),
+        }
+    }
+}
+
+/// The first line of a secret file, without surrounding whitespace.
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {what} from {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+    if secret.is_empty() {
+        anyhow::bail!("{what} file {} is empty", path.display());
+    }
+    Ok(secret)
 }
 
 /// What to do when no token secret is configured at all.
@@ -137,6 +236,8 @@ pub struct Settings {
     pub http_addr: String,
     pub nats: Option<String>,
     pub nats_prefix: String,
+    /// How to authenticate to NATS (Debug never shows the secret).
+    pub nats_auth: NatsAuth,
     pub secret: Arc<JwtSecret>,
     pub tls: Option<TlsFiles>,
     pub rebuild: bool,
@@ -162,6 +263,19 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let nats_auth = options
+            .nats_auth
+            .resolve(
+                NatsAuthOptions {
+                    nats_user: file.nats_user,
+                    nats_password_file: file.nats_password_file,
+                    nats_creds: file.nats_creds,
+                    nats_token_file: file.nats_token_file,
+                },
+                std::env::var(NATS_PASSWORD_ENV).ok(),
+                std::env::var(NATS_TOKEN_ENV).ok(),
+            )
+            .context("reading the nats credentials")?;
         let jwt_secret_file = options.jwt_secret_file.clone().or(file.jwt_secret_file);
         let secret = match jwt_secret_file {
             Some(path) => JwtSecret::load(Some(&path)),
@@ -204,6 +318,7 @@ impl Settings {
                 .clone()
                 .or(file.nats_prefix)
                 .unwrap_or_else(|| DEFAULT_NATS_PREFIX.to_owned()),
+            nats_auth,
             secret: Arc::new(secret),
             tls,
             rebuild: options.rebuild,
@@ -226,6 +341,7 @@ impl Settings {
                         "{}_EVENTS",
                         self.nats_prefix.to_uppercase().replace(['.', '-'], "_")
                     ),
+                    auth: self.nats_auth.clone(),
                     ..JetStreamOptions::default()
                 };
                 let log = JetStreamLog::connect_with_retry(
@@ -235,7 +351,12 @@ impl Settings {
                     NATS_STARTUP_WAIT,
                 )
                 .await
-                .with_context(|| format!("connecting to the event log on nats at {url}"))?;
+                .with_context(|| {
+                    format!(
+                        "connecting to the event log on nats at {}",
+                        redact_nats_urls(url)
+                    )
+                })?;
                 Ok(Arc::new(log))
             }
             None => {
@@ -254,9 +375,14 @@ impl Settings {
     /// The bus of derived events: JetStream with `--nats`, else in process.
     pub async fn open_bus(&self) -> anyhow::Result<DerivedBus> {
         match &self.nats {
-            Some(url) => DerivedBus::connect_nats(url, &self.nats_prefix)
+            Some(url) => DerivedBus::connect_nats_with(url, &self.nats_prefix, &self.nats_auth)
                 .await
-                .with_context(|| format!("connecting the derived event bus to {url}")),
+                .with_context(|| {
+                    format!(
+                        "connecting the derived event bus to {}",
+                        redact_nats_urls(url)
+                    )
+                }),
             None => Ok(DerivedBus::in_process()),
         }
     }
@@ -455,6 +581,61 @@ mod tests {
 
     fn options(arguments: &[&str]) -> ServiceOptions {
         Command::parse_from(std::iter::once("toxaudit").chain(arguments.iter().copied())).service
+    }
+
+    #[test]
+    fn nats_credentials_come_from_flags_over_the_file_and_never_from_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let password = directory.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let password = password.display().to_string();
+        let file = NatsAuthOptions {
+            nats_user: Some("from-file".into()),
+            ..NatsAuthOptions::default()
+        };
+        let resolved = options(&["--nats-user", "services", "--nats-password-file", &password])
+            .nats_auth
+            .resolve(file.clone(), None, None)
+            .unwrap();
+        assert_eq!(
+            resolved,
+            NatsAuth::UserPassword {
+                user: "services".into(),
+                password: "s3cret".into()
+            }
+        );
+        let from_environment = options(&[])
+            .nats_auth
+            .resolve(file.clone(), Some("env-secret".into()), None)
+            .unwrap();
+        assert_eq!(
+            from_environment,
+            NatsAuth::UserPassword {
+                user: "from-file".into(),
+                password: "env-secret".into()
+            }
+        );
+        assert!(options(&[]).nats_auth.resolve(file, None, None).is_err());
+        assert!(
+            options(&["--nats-creds", "/x.creds"])
+                .nats_auth
+                .resolve(NatsAuthOptions::default(), Some("p".into()), None)
+                .is_err()
+        );
+        assert_eq!(
+            options(&["--nats-creds", "/x.creds"])
+                .nats_auth
+                .resolve(NatsAuthOptions::default(), None, None)
+                .unwrap(),
+            NatsAuth::CredsFile(PathBuf::from("/x.creds"))
+        );
+        assert_eq!(
+            options(&[])
+                .nats_auth
+                .resolve(NatsAuthOptions::default(), None, None)
+                .unwrap(),
+            NatsAuth::None
+        );
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct JetStreamOptions {
     /// How long one request to the server may take before the call reports
     /// [`LogError::Unavailable`].
     pub request_timeout: Duration,
+    /// The credentials [`JetStreamLog::connect`] presents (else those written
+    /// in the URL, if any).
+    pub auth: crate::NatsAuth,
 }
 
 impl Default for JetStreamOptions {
@@ -170,6 +173,7 @@ impl Default for JetStreamOptions {
             duplicate_window: Duration::from_secs(120),
             batch_mode: BatchMode::Auto,
             request_timeout: Duration::from_secs(10),
+            auth: crate::NatsAuth::None,
         }
     }
 }
@@ -237,17 +241,23 @@ struct ApiError {
 }
 
 impl JetStreamLog {
-    /// Connects to the server at `url` and opens (creating if needed) the
-    /// streams. An unreachable server is [`LogError::Unavailable`] naming `url`.
+    /// Connects to the server(s) at `url` (comma-separated) with
+    /// `options.auth`, or the credentials written in the URL, and opens
+    /// (creating if needed) the streams. An unreachable server is
+    /// [`LogError::Unavailable`]; a bad URL or refused credentials are
+    /// [`LogError::Invalid`] (retrying will not help). Messages never carry
+    /// the password.
     pub async fn connect(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(options.request_timeout)
-            .request_timeout(Some(options.request_timeout))
-            .connect(url)
-            .await
-            .map_err(|error| {
-                LogError::Unavailable(format!("cannot reach nats server at {url}: {error}"))
-            })?;
+        let client = crate::nats_auth::connect_nats(
+            url,
+            &options.auth,
+            crate::nats_auth::connect_options(options.request_timeout),
+        )
+        .await
+        .map_err(|error| match error {
+            crate::NatsConnectError::Unreachable(reason) => LogError::Unavailable(reason),
+            refused => LogError::Invalid(refused.to_string()),
+        })?;
         JetStreamLog::with_client(client, options).await
     }
 
@@ -266,6 +276,7 @@ impl JetStreamLog {
         loop {
             match JetStreamLog::connect(url, options.clone()).await {
                 Err(LogError::Unavailable(reason)) if started.elapsed() + delay < max_wait => {
+                    let url = crate::redact_nats_urls(url);
                     tracing::warn!(url, %reason, retry_in = ?delay, "nats server unavailable, retrying");
                     // A retry back-off, not synchronisation: nothing to wait on
                     // but time while the server is down.
