@@ -149,6 +149,8 @@ fn run(arguments: &Arguments) -> anyhow::Result<ExitCode> {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let machine = measure::Machine::describe();
+    // Read at the start: the tree may move while a long run goes on.
+    let commit = commit();
     let replay_patients =
         arguments
             .replay_patients
@@ -256,7 +258,7 @@ fn run(arguments: &Arguments) -> anyhow::Result<ExitCode> {
 
     let report = Report {
         started_at,
-        commit: commit(),
+        commit,
         machine,
         settings: serde_json::json!({
             "full": full_run(),
