@@ -51,8 +51,8 @@ struct Arguments {
     /// Where report.json is written.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// Scratch space for logs and checkpoints (emptied first; on a real disk,
-    /// so fsyncs cost what they cost).
+    /// Scratch space for logs and checkpoints (emptied first, removed at the
+    /// end; on a real disk, so fsyncs cost what they cost).
     #[arg(long, default_value = "target/bench/work")]
     work: PathBuf,
     /// Patients of the replay log (default 10k, 100k with BENCH_FULL=1).
@@ -273,6 +273,13 @@ fn run(arguments: &Arguments) -> anyhow::Result<ExitCode> {
         lines,
         seconds: started.elapsed().as_secs_f64(),
     };
+    // The scratch logs are gigabytes at full size; nothing reads them later.
+    if let Err(error) = std::fs::remove_dir_all(&arguments.work) {
+        eprintln!(
+            "toxaudit-bench: cannot remove {}: {error}",
+            arguments.work.display()
+        );
+    }
     let path = arguments.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
