@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
-mod ndjson;
-mod roundtrip;
-mod strategies;
-mod support;
-mod validation;
 mod audit;
 mod audit_builder;
 mod audit_properties;
 mod audit_reference;
+mod ndjson;
+mod roundtrip;
 mod snapshots;
+mod strategies;
+mod support;
+mod validation;
