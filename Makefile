@@ -9,7 +9,7 @@ DEMO_DIR ?= target/demo
 DEMO_SEED ?= 1
 DEMO_GRPC_ADDR ?= 127.0.0.1:50051
 DEMO_HTTP_ADDR ?= 127.0.0.1:8080
-TOXAUDIT := target/release/toxaudit
+TOXAUDIT := $(or $(CARGO_TARGET_DIR),target)/release/toxaudit
 
 .DEFAULT_GOAL := help
 
@@ -66,7 +66,7 @@ demo: release ## import the founding audit's demo cohort, print the audit, then 
 
 .PHONY: multisite-demo
 multisite-demo: release ## a hub of three nats-servers and two centres' leaf nodes on this machine: import per centre, print the network report
-	scripts/multisite-demo.sh
+	TOXAUDIT=$(TOXAUDIT) scripts/multisite-demo.sh
 
 .PHONY: bench
 bench: ## measure against same-run baselines: table + target/bench/report.json (BENCH_FULL=1: 10M events; docs/performance.md)
