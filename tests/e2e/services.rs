@@ -774,6 +774,24 @@ async fn sigterm_stops_up_gracefully_with_its_checkpoints_committed() -> anyhow:
             registration("e-2", "leeds", "L-2"),
         ])
         .await?;
+    // Wait until reporting and assessment have folded both events, so the
+    // checkpoint committed on SIGTERM is at position 2 for every projection.
+    let client = service.client(&admin).await?;
+    eventually("reporting and assessment fold position 2", || {
+        let client = client.clone();
+        async move {
+            let report = client.get_report("all").await?;
+            let findings = client
+                .assessment()
+                .list_findings(ListFindingsRequest {
+                    centre: "leeds".to_owned(),
+                })
+                .await?
+                .into_inner();
+            Ok(report.as_of_position >= 2 && findings.as_of_position >= 2)
+        }
+    })
+    .await?;
     let sent = Command::new("kill")
         .args(["-TERM", &service.child.id().to_string()])
         .status()?;

@@ -24,6 +24,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::nats::{free_port, nats_server_binary};
 
+/// Starts of a topology that may lose a port race before one is given up.
+const PORT_RACE_ATTEMPTS: u32 = 3;
 /// How long a process may take to accept clients.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause between two readiness probes.
@@ -222,6 +224,25 @@ impl Topology {
     /// answers JetStream requests; then a leaf node per centre, each waited
     /// for until the hub reaches its domain.
     pub async fn start(centres: &[&str]) -> anyhow::Result<Topology> {
+        // The ports come from `free_port` (bind, then release), so another
+        // process may take one before its nats-server binds it; tests run in
+        // parallel. Such a start is retried on fresh ports, a bounded number
+        // of times; any other failure is returned at once.
+        let mut attempts_left = PORT_RACE_ATTEMPTS;
+        loop {
+            match Self::start_once(centres).await {
+                Err(error)
+                    if attempts_left > 1
+                        && format!("{error:#}").contains("address already in use") =>
+                {
+                    attempts_left -= 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn start_once(centres: &[&str]) -> anyhow::Result<Topology> {
         let templates = deploy_nats_directory()?;
         let mut hub_ports = Vec::with_capacity(HUB_NODES);
         for _ in 0..HUB_NODES {
