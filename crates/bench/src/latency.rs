@@ -171,7 +171,13 @@ pub async fn run(
                             .map(|outcome| (outcome.position, acked_at)),
                     );
                 }
-                Err(_) => refused += events_per_append,
+                Err(error) => {
+                    // A refusal under steady load is a defect to chase: say why.
+                    if refused == 0 {
+                        eprintln!("  first refused append: {error:#}");
+                    }
+                    refused += events_per_append;
+                }
             }
         }
         anyhow::Ok(())
