@@ -23,7 +23,7 @@ use crate::{
         AuditReport, PatientAssessment, RULE_SET, RuleParameters,
         assessment::view_of,
         engine::{PatientLog, analyse},
-        report::{Tally, build_report},
+        report::{Share, Tally, build_report},
     },
     event::RecordedEvent,
     ids::{Centre, PatientKey, Pseudonym},
@@ -33,7 +33,7 @@ use crate::{
 /// The format of a [`CohortSnapshot`]: bumped whenever the compact structs
 /// it holds change shape or meaning, so an old snapshot is refused (and the
 /// service rebuilds) rather than misread.
-pub const COHORT_SNAPSHOT_FORMAT: u32 = 1;
+pub const COHORT_SNAPSHOT_FORMAT: u32 = 2;
 
 /// A cohort's whole state as a plain serde value (see [`Cohort::snapshot`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ struct PatientSlot {
     patient: Pseudonym,
     log: PatientLog,
     /// The share last added to the totals.
-    tally: Tally,
+    share: Share,
     /// Changed since the share was computed.
     dirty: bool,
 }
@@ -287,6 +287,16 @@ impl Cohort {
         Some(view_of(key, &patient.log, &self.parameters))
     }
 
+    /// One patient's compact log, or `None` when the cohort has never seen
+    /// an event of theirs (for `audit::change`, whose file is committed on
+    /// its own: until then nothing else calls this).
+    #[allow(dead_code)]
+    pub(crate) fn patient_log(&self, centre: &Centre, patient: &Pseudonym) -> Option<&PatientLog> {
+        let centre = *self.centre_index.get(centre.as_str())?;
+        let slot = self.find_patient(centre, patient)?;
+        Some(&self.patients[slot as usize].log)
+    }
+
     /// Every patient the cohort has seen an event of, in order of first event.
     pub fn patient_keys(&self) -> impl Iterator<Item = PatientKey> + '_ {
         self.patients.iter().map(|slot| {
@@ -302,12 +312,15 @@ impl Cohort {
     fn refresh(&mut self) {
         for slot in std::mem::take(&mut self.dirty) {
             let patient = &mut self.patients[slot as usize];
-            let tally = Tally::of(&analyse(&patient.log, &self.parameters));
-            let totals = &mut self.totals[patient.centre as usize];
-            totals.subtract(&patient.tally);
-            totals.add(&tally);
-            patient.tally = tally;
             patient.dirty = false;
+            let share = Share::of(&analyse(&patient.log, &self.parameters));
+            if share == patient.share {
+                continue;
+            }
+            let totals = &mut self.totals[patient.centre as usize];
+            totals.subtract(&patient.share.tally());
+            totals.add(&share.tally());
+            patient.share = share;
         }
     }
 
@@ -347,7 +360,7 @@ impl Cohort {
             centre,
             patient: patient.clone(),
             log: PatientLog::default(),
-            tally: Tally::default(),
+            share: Share::default(),
             dirty: false,
         });
         let hash = Self::patient_hash(centre, patient);

@@ -2,14 +2,27 @@
 //! `spec/rules.md` evaluated over them. Everything the report counts and the
 //! patient view explains comes from [`analyse`], so the two cannot disagree.
 //!
-//! Events are kept as small fixed-size records (dates as day numbers, event
-//! ids as 64-bit hashes, vocabularies as one-byte enums, the injected
-//! (muscle, side) pairs as a bit set), because a network-wide rebuild holds
-//! every patient's history at once: 10 million events must fit in well under
-//! a gigabyte. Event ids are only ever compared within one patient (a
-//! response and a void name an event of the same patient), where the chance
-//! that two ids share a 64-bit hash is below one in 10^11 even for a patient
-//! with 10,000 events.
+//! A network-wide rebuild holds every patient's history at once (10 million
+//! events over 100k patients must fit, with everything else, in a
+//! gigabyte), so a [`PatientLog`] keeps only what the rules read, packed:
+//!
+//! - one 64-bit *word* per stored event: the event id's hash (upper 60 bits,
+//!   to resolve responses and voids), a voided flag and the event's kind;
+//! - the event's fields as variable-length integers in one byte buffer: the
+//!   clinical day and the log position as differences from the previous
+//!   event's, then by kind the product and guidance (one byte), the units,
+//!   the (muscle, side) bit set, a response's rating with the distance back
+//!   to its injection, a test's result or a referral's target.
+//!
+//! That is about 15 bytes an event instead of 32 for fixed-size records, and
+//! both buffers grow by a quarter at a time so little capacity lies unused.
+//! [`analyse`] decodes a patient's buffer into plain records before applying
+//! the rules, so the rules read ordinary structs.
+//!
+//! Event ids are only ever compared within one patient (a response and a
+//! void name an event of the same patient), where the chance that two ids
+//! share a 60-bit hash is below one in 10^10 even for a patient with 10,000
+//! events.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,18 +30,69 @@ use crate::{
     audit::{RuleParameters, SnrGroup},
     event::{
         EventBody, Guidance, Muscle, Product, Rating, RecordedEvent, ReferralTarget,
-        ResistanceMethod, ResistanceResult, Serotype, Side,
+        ResistanceResult, Serotype, Side,
     },
     ids::EventId,
 };
 
-/// The 64-bit hash that stands for an event id inside one patient's log.
+/// The low bits of an event's word: its kind (bits 0–2) and the voided flag
+/// (bit 3). The event id's hash fills the rest.
+const KIND_MASK: u64 = 0b0111;
+const VOIDED_FLAG: u64 = 0b1000;
+const HASH_MASK: u64 = !0b1111;
+
+/// The 60-bit hash that stands for an event id inside one patient's log, in
+/// the upper bits of a word.
 fn id_hash(event_id: &EventId) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(event_id.as_str().as_bytes())
+    xxhash_rust::xxh3::xxh3_64(event_id.as_str().as_bytes()) & HASH_MASK
+}
+
+/// The kind of a stored event (registrations and voids are folded in, never
+/// stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Injection,
+    Response,
+    Resistance,
+    Referral,
+    Discontinued,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Injection,
+        Kind::Response,
+        Kind::Resistance,
+        Kind::Referral,
+        Kind::Discontinued,
+    ];
+
+    fn of_word(word: u64) -> Option<Kind> {
+        Kind::ALL.get((word & KIND_MASK) as usize).copied()
+    }
+}
+
+/// A vocabulary value as its index in the vocabulary's `ALL` (every one has
+/// fewer than 8 values), and back.
+fn code_of<T: Copy + PartialEq>(all: &[T], value: T) -> u8 {
+    // Every value of a vocabulary is in its ALL, so the search finds it.
+    all.iter()
+        .position(|candidate| *candidate == value)
+        .unwrap_or(0) as u8
+}
+
+fn value_of<T: Copy>(all: &[T], code: u8) -> Result<T, String> {
+    all.get(usize::from(code))
+        .copied()
+        .ok_or_else(|| format!("unknown vocabulary code {code}"))
 }
 
 // Every (muscle, side) pair must have its own bit in a `u32` muscle set.
 const _: () = assert!(Muscle::ALL.len() * Side::ALL.len() <= 32);
+// Product and guidance share one byte (3 + 2 bits); so do rating and the
+// distance of a response (2 bits).
+const _: () = assert!(Product::ALL.len() <= 8 && Guidance::ALL.len() <= 4);
+const _: () = assert!(Rating::ALL.len() <= 4);
 
 /// The bit of a (muscle, side) pair in an injection's muscle set: 15 muscles
 /// times 2 sides fit in 30 bits.
@@ -50,12 +114,10 @@ pub(crate) fn muscles_of(set: u32) -> Vec<(Muscle, Side)> {
 }
 
 /// What the audit needs of one event, by type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Detail {
     Injection {
-        #[serde(with = "crate::snapshot::code")]
         product: Product,
-        #[serde(with = "crate::snapshot::code")]
         guidance: Guidance,
         total_units: u32,
         /// The set of (muscle, side) pairs, see [`muscle_bit`].
@@ -64,17 +126,13 @@ pub(crate) enum Detail {
     Response {
         /// Index, in the patient's event list, of the assessed injection.
         injection: u32,
-        #[serde(with = "crate::snapshot::code")]
         rating: Rating,
     },
+    /// A resistance test: only its result matters to the rules.
     Resistance {
-        #[serde(with = "crate::snapshot::code")]
-        method: ResistanceMethod,
-        #[serde(with = "crate::snapshot::code")]
         result: ResistanceResult,
     },
     Referral {
-        #[serde(with = "crate::snapshot::code")]
         target: ReferralTarget,
     },
     Discontinued,
@@ -84,26 +142,106 @@ pub(crate) enum Detail {
     Voided,
 }
 
-/// One stored event of a patient.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// One stored event of a patient, as [`PatientLog::decode`] gives it back.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct CompactEvent {
     /// Global log position: breaks ties of clinical date, and orders
     /// re-assessments.
     pub position: u64,
-    /// Hash of the event id, to resolve responses and voids.
-    pub id_hash: u64,
     /// The clinical date, as days since 1970-01-01.
     pub day: i32,
     pub detail: Detail,
 }
 
-/// One patient's history as the audit keeps it. Registrations and voids are
-/// folded in rather than stored: a registration sets a flag, a void turns its
-/// target into [`Detail::Voided`].
+/// The encoded fields of one event, on the stack: at most 5 bytes of day,
+/// 10 of position and 11 of kind-specific fields.
+struct Fields {
+    bytes: [u8; 32],
+    length: usize,
+}
+
+impl Fields {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 32],
+            length: 0,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        // Never full: see the sizes above.
+        if let Some(slot) = self.bytes.get_mut(self.length) {
+            *slot = byte;
+            self.length += 1;
+        }
+    }
+
+    /// Appends `value` as a LEB128 variable-length integer (7 bits a byte).
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.push(value as u8);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.length.min(self.bytes.len())]
+    }
+}
+
+/// A signed difference as an unsigned integer, small for small magnitudes.
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Reads what [`Fields::varint`] wrote.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let byte = *self
+            .bytes
+            .get(self.at)
+            .ok_or_else(|| "the event fields end early".to_owned())?;
+        self.at += 1;
+        Ok(byte)
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a variable-length integer is too long".to_owned())
+    }
+}
+
+/// One patient's history as the audit keeps it (see the module header).
+/// Registrations and voids are folded in rather than stored: a registration
+/// sets a flag, a void sets its target's voided flag.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct PatientLog {
     pub registered: bool,
-    pub events: Vec<CompactEvent>,
+    /// One word per stored event: id hash, voided flag, kind.
+    words: Vec<u64>,
+    /// Every stored event's fields, in order, variable-length encoded.
+    fields: Vec<u8>,
+    /// The last stored event's day and position, which the next one's are
+    /// encoded against (0 before the first).
+    last_day: i32,
+    last_position: u64,
 }
 
 impl PatientLog {
@@ -113,7 +251,8 @@ impl PatientLog {
     /// not have: admission refuses both, so a valid log never has them).
     pub fn apply(&mut self, recorded: &RecordedEvent) -> bool {
         let event = &recorded.event;
-        let detail = match &event.body {
+        let mut payload = Fields::new();
+        let kind = match &event.body {
             EventBody::PatientRegistered(_) => {
                 let changed = !self.registered;
                 self.registered = true;
@@ -122,83 +261,184 @@ impl PatientLog {
             EventBody::EventVoided(void) => {
                 let target_hash = id_hash(&void.target_event_id);
                 return match self.find(target_hash, |_| true) {
-                    Some(index) if self.events[index].detail != Detail::Voided => {
-                        self.events[index].detail = Detail::Voided;
+                    Some(index) if self.words[index] & VOIDED_FLAG == 0 => {
+                        self.words[index] |= VOIDED_FLAG;
                         true
                     }
                     _ => false,
                 };
             }
-            EventBody::InjectionAdministered(injection) => Detail::Injection {
-                product: injection.product(),
-                guidance: injection.guidance(),
-                total_units: injection.total_units(),
-                muscles: injection
+            EventBody::InjectionAdministered(injection) => {
+                payload.push(
+                    code_of(Product::ALL, injection.product())
+                        | code_of(Guidance::ALL, injection.guidance()) << 3,
+                );
+                payload.varint(u64::from(injection.total_units()));
+                let muscles = injection
                     .muscles()
                     .iter()
-                    .fold(0, |set, dose| set | muscle_bit(dose.muscle, dose.side)),
-            },
+                    .fold(0, |set, dose| set | muscle_bit(dose.muscle, dose.side));
+                payload.varint(u64::from(muscles));
+                Kind::Injection
+            }
             EventBody::ResponseAssessed(response) => {
                 let target_hash = id_hash(&response.injection_event_id);
-                let is_injection =
-                    |detail: &Detail| matches!(detail, Detail::Injection { .. } | Detail::Voided);
+                // A voided event of any kind may be named: it stays out of
+                // the cycles, so the response reaches none.
+                let is_injection = |word: u64| {
+                    word & VOIDED_FLAG != 0 || Kind::of_word(word) == Some(Kind::Injection)
+                };
                 let Some(index) = self.find(target_hash, is_injection) else {
                     return false;
                 };
-                let Ok(injection) = u32::try_from(index) else {
+                if u32::try_from(index).is_err() {
                     return false;
-                };
-                Detail::Response {
-                    injection,
-                    rating: response.rating,
                 }
+                let back = (self.words.len() - index) as u64;
+                payload.varint(back << 2 | u64::from(code_of(Rating::ALL, response.rating)));
+                Kind::Response
             }
-            EventBody::ResistanceTested(test) => Detail::Resistance {
-                method: test.method,
-                result: test.result,
-            },
-            EventBody::ReferralMade(referral) => Detail::Referral {
-                target: referral.target,
-            },
-            EventBody::TreatmentDiscontinued(_) => Detail::Discontinued,
+            EventBody::ResistanceTested(test) => {
+                payload.push(code_of(ResistanceResult::ALL, test.result));
+                Kind::Resistance
+            }
+            EventBody::ReferralMade(referral) => {
+                payload.push(code_of(ReferralTarget::ALL, referral.target));
+                Kind::Referral
+            }
+            EventBody::TreatmentDiscontinued(_) => Kind::Discontinued,
         };
-        if self.events.len() == self.events.capacity() {
-            // Grow by half rather than double: across 100k patients the
-            // slack of doubling would be a third of the cohort's memory.
-            let extra = (self.events.len() / 2).max(4);
-            self.events.reserve_exact(extra);
+        let day = event.occurred_on.days_since_epoch();
+        let mut fields = Fields::new();
+        fields.varint(zigzag(i64::from(day) - i64::from(self.last_day)));
+        fields.varint(zigzag(
+            recorded.position.wrapping_sub(self.last_position) as i64
+        ));
+        for byte in payload.as_slice() {
+            fields.push(*byte);
         }
-        self.events.push(CompactEvent {
-            position: recorded.position,
-            id_hash: id_hash(&event.event_id),
-            day: event.occurred_on.days_since_epoch(),
-            detail,
-        });
+        let fields = fields.as_slice();
+
+        // Grow by a quarter rather than double: across 100k patients the
+        // slack of doubling would be a third of the cohort's memory.
+        if self.words.len() == self.words.capacity() {
+            self.words.reserve_exact((self.words.len() / 4).max(4));
+        }
+        if self.fields.capacity() - self.fields.len() < fields.len() {
+            self.fields
+                .reserve_exact((self.fields.len() / 4).max(fields.len()).max(32));
+        }
+        self.words.push(id_hash(&event.event_id) | kind as u64);
+        self.fields.extend_from_slice(fields);
+        self.last_day = day;
+        self.last_position = recorded.position;
         true
     }
 
-    /// Checks what a restored log must hold for the rules to read it: a
-    /// response names an earlier event of this log.
-    pub fn check_restored(&self) -> Result<(), String> {
-        for (index, event) in self.events.iter().enumerate() {
-            if let Detail::Response { injection, .. } = event.detail
-                && usize::try_from(injection).map_or(true, |injection| injection >= index)
-            {
-                return Err(format!(
-                    "event {index} is a response to event {injection}, which does not precede it"
-                ));
-            }
+    /// How many events are stored (registrations and voids are not).
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    /// The stored events in order, decoded. A log built by [`Self::apply`]
+    /// or passed by [`Self::check_restored`] always decodes whole; were it
+    /// not to, the events before the fault are returned.
+    pub fn decode(&self) -> Vec<CompactEvent> {
+        let mut events = Vec::with_capacity(self.words.len());
+        // Cannot fail for a log built by apply; a restored log is checked.
+        let _complete = self.decode_into(&mut events);
+        events
+    }
+
+    fn decode_into(&self, events: &mut Vec<CompactEvent>) -> Result<(), String> {
+        let mut reader = Reader {
+            bytes: &self.fields,
+            at: 0,
+        };
+        let mut day = i64::from(0i32);
+        let mut position = 0u64;
+        for (index, word) in self.words.iter().enumerate() {
+            let kind = Kind::of_word(*word)
+                .ok_or_else(|| format!("event {index} is of an unknown kind"))?;
+            day += unzigzag(reader.varint()?);
+            let event_day =
+                i32::try_from(day).map_err(|_| format!("event {index} has no valid day"))?;
+            position = position.wrapping_add(unzigzag(reader.varint()?) as u64);
+            let detail = match kind {
+                Kind::Injection => {
+                    let codes = reader.byte()?;
+                    let total_units = u32::try_from(reader.varint()?)
+                        .map_err(|_| format!("event {index} has too many units"))?;
+                    let muscles = u32::try_from(reader.varint()?)
+                        .map_err(|_| format!("event {index} has an invalid muscle set"))?;
+                    Detail::Injection {
+                        product: value_of(Product::ALL, codes & 0b111)?,
+                        guidance: value_of(Guidance::ALL, codes >> 3)?,
+                        total_units,
+                        muscles,
+                    }
+                }
+                Kind::Response => {
+                    let packed = reader.varint()?;
+                    let back = usize::try_from(packed >> 2).unwrap_or(usize::MAX);
+                    let injection = index
+                        .checked_sub(back)
+                        .filter(|_| back > 0)
+                        .and_then(|injection| u32::try_from(injection).ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "event {index} is a response to an event {back} back, which \
+                                 does not precede it"
+                            )
+                        })?;
+                    Detail::Response {
+                        injection,
+                        rating: value_of(Rating::ALL, (packed & 0b11) as u8)?,
+                    }
+                }
+                Kind::Resistance => Detail::Resistance {
+                    result: value_of(ResistanceResult::ALL, reader.byte()?)?,
+                },
+                Kind::Referral => Detail::Referral {
+                    target: value_of(ReferralTarget::ALL, reader.byte()?)?,
+                },
+                Kind::Discontinued => Detail::Discontinued,
+            };
+            events.push(CompactEvent {
+                position,
+                day: event_day,
+                detail: if word & VOIDED_FLAG != 0 {
+                    Detail::Voided
+                } else {
+                    detail
+                },
+            });
+        }
+        if reader.at != self.fields.len() {
+            return Err(format!(
+                "{} bytes of event fields follow the last event",
+                self.fields.len() - reader.at
+            ));
+        }
+        if i64::from(self.last_day) != day || self.last_position != position {
+            return Err("the last event's day or position does not match".to_owned());
         }
         Ok(())
     }
 
-    /// The latest event with this id hash that passes `filter`. Searching
-    /// from the end finds the usual targets (the last injection, a recent
-    /// mistake) in a step or two.
-    fn find(&self, hash: u64, filter: impl Fn(&Detail) -> bool) -> Option<usize> {
-        self.events
+    /// Checks what a restored log must hold for the rules to read it: every
+    /// event decodes, and a response names an earlier event of this log.
+    pub fn check_restored(&self) -> Result<(), String> {
+        self.decode_into(&mut Vec::with_capacity(self.words.len()))
+    }
+
+    /// The latest event with this id hash whose word passes `filter`.
+    /// Searching from the end finds the usual targets (the last injection, a
+    /// recent mistake) in a step or two.
+    fn find(&self, hash: u64, filter: impl Fn(u64) -> bool) -> Option<usize> {
+        self.words
             .iter()
-            .rposition(|event| event.id_hash == hash && filter(&event.detail))
+            .rposition(|word| word & HASH_MASK == hash && filter(*word))
     }
 }
 
@@ -275,7 +515,8 @@ pub(crate) struct Analysis {
 
 /// Evaluates the rules over one patient's log.
 pub(crate) fn analyse(log: &PatientLog, parameters: &RuleParameters) -> Analysis {
-    let events = &log.events;
+    let decoded = log.decode();
+    let events = &decoded[..];
 
     // The current rating of each injection: its last live assessment by
     // position. A voided injection's assessments never reach a cycle,
@@ -510,4 +751,241 @@ fn management_change_on_or_after(
 
 fn earliest(current: Option<i32>, day: i32) -> Option<i32> {
     Some(current.map_or(day, |current| current.min(day)))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The packed log against a plain model of the fixed-size records it
+    //! replaced: every event it stores decodes to exactly the record the
+    //! model keeps, whatever the dates, positions and vocabularies.
+
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        date::ClinicalDate,
+        event::{
+            Event, EventVoided, InjectionAdministered, MuscleDose, PatientRegistered,
+            ResistanceMethod, ResistanceTested, ResponseAssessed, TreatmentDiscontinued,
+        },
+        ids::{Centre, Pseudonym},
+    };
+
+    /// The model: one record per stored event, by full event id.
+    #[derive(Default)]
+    struct Model {
+        registered: bool,
+        events: Vec<(String, u64, i32, Detail)>,
+    }
+
+    impl Model {
+        fn find(&self, id: &str, filter: impl Fn(&Detail) -> bool) -> Option<usize> {
+            self.events
+                .iter()
+                .rposition(|(event_id, _, _, detail)| event_id == id && filter(detail))
+        }
+
+        fn apply(&mut self, recorded: &RecordedEvent) -> bool {
+            let event = &recorded.event;
+            let detail = match &event.body {
+                EventBody::PatientRegistered(_) => {
+                    let changed = !self.registered;
+                    self.registered = true;
+                    return changed;
+                }
+                EventBody::EventVoided(void) => {
+                    return match self.find(void.target_event_id.as_str(), |_| true) {
+                        Some(index) if self.events[index].3 != Detail::Voided => {
+                            self.events[index].3 = Detail::Voided;
+                            true
+                        }
+                        _ => false,
+                    };
+                }
+                EventBody::InjectionAdministered(injection) => Detail::Injection {
+                    product: injection.product(),
+                    guidance: injection.guidance(),
+                    total_units: injection.total_units(),
+                    muscles: injection
+                        .muscles()
+                        .iter()
+                        .fold(0, |set, dose| set | muscle_bit(dose.muscle, dose.side)),
+                },
+                EventBody::ResponseAssessed(response) => {
+                    let is_injection = |detail: &Detail| {
+                        matches!(detail, Detail::Injection { .. } | Detail::Voided)
+                    };
+                    let Some(index) = self.find(response.injection_event_id.as_str(), is_injection)
+                    else {
+                        return false;
+                    };
+                    Detail::Response {
+                        injection: index as u32,
+                        rating: response.rating,
+                    }
+                }
+                EventBody::ResistanceTested(test) => Detail::Resistance {
+                    result: test.result,
+                },
+                EventBody::ReferralMade(referral) => Detail::Referral {
+                    target: referral.target,
+                },
+                EventBody::TreatmentDiscontinued(_) => Detail::Discontinued,
+            };
+            self.events.push((
+                event.event_id.as_str().to_owned(),
+                recorded.position,
+                event.occurred_on.days_since_epoch(),
+                detail,
+            ));
+            true
+        }
+    }
+
+    /// (kind, day, position, choice) → one event; ids are `e-<index>`, and
+    /// responses and voids name an earlier (or a missing) id by `choice`.
+    fn event_of(index: usize, step: (u8, i32, u64, u32)) -> RecordedEvent {
+        let (kind, day, position, choice) = step;
+        let named = EventId::parse(&format!("e-{}", choice as usize % (index + 2))).unwrap();
+        let pick = |all_len: usize| (choice as usize) % all_len;
+        let body = match kind % 7 {
+            0 => EventBody::PatientRegistered(PatientRegistered::default()),
+            1 | 2 => {
+                let product = Product::ALL[pick(Product::ALL.len())];
+                let mut muscles = Vec::new();
+                let mut total = 0;
+                for (bit, muscle) in Muscle::ALL.iter().enumerate() {
+                    if choice >> bit & 1 == 1 {
+                        let units = 1 + (choice >> 16) % 40;
+                        total += units;
+                        muscles.push(MuscleDose {
+                            muscle: *muscle,
+                            side: Side::ALL[(choice >> (bit + 1)) as usize % 2],
+                            units,
+                        });
+                    }
+                }
+                if muscles.is_empty() {
+                    total = 1 + choice % product.hard_maximum_units();
+                    muscles.push(MuscleDose {
+                        muscle: Muscle::Platysma,
+                        side: Side::Right,
+                        units: total,
+                    });
+                }
+                let guidance = Guidance::ALL[(choice >> 20) as usize % Guidance::ALL.len()];
+                EventBody::InjectionAdministered(
+                    InjectionAdministered::new(product, total, guidance, muscles).unwrap(),
+                )
+            }
+            3 => EventBody::ResponseAssessed(ResponseAssessed {
+                injection_event_id: named,
+                rating: Rating::ALL[pick(Rating::ALL.len())],
+                percent_improvement: None,
+                benefit_weeks: None,
+                twstrs_total: None,
+            }),
+            4 => EventBody::ResistanceTested(ResistanceTested {
+                method: ResistanceMethod::ALL[pick(ResistanceMethod::ALL.len())],
+                result: ResistanceResult::ALL[(choice >> 8) as usize % 3],
+                titre_mu_per_ml: None,
+            }),
+            5 => {
+                if choice % 2 == 0 {
+                    EventBody::ReferralMade(crate::event::ReferralMade {
+                        target: ReferralTarget::ALL[pick(ReferralTarget::ALL.len())],
+                    })
+                } else {
+                    EventBody::TreatmentDiscontinued(TreatmentDiscontinued {
+                        reason: "stopped".to_owned(),
+                    })
+                }
+            }
+            _ => EventBody::EventVoided(EventVoided {
+                target_event_id: named,
+                reason: "mistake".to_owned(),
+            }),
+        };
+        RecordedEvent {
+            position,
+            recorded_at_micros: 0,
+            recorded_by: String::new(),
+            event: Event {
+                event_id: EventId::parse(&format!("e-{index}")).unwrap(),
+                centre: Centre::parse("leeds").unwrap(),
+                patient: Pseudonym::parse("L-1").unwrap(),
+                occurred_on: ClinicalDate::from_days_since_epoch(day).unwrap(),
+                body,
+            },
+        }
+    }
+
+    fn day() -> impl Strategy<Value = i32> {
+        prop_oneof![
+            // Near each other, as in a real history...
+            -800i32..800,
+            // ...and anywhere in the calendar the type allows.
+            -700_000i32..2_900_000,
+        ]
+    }
+
+    fn position() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..5_000, any::<u64>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_packed_log_decodes_to_the_records_of_the_plain_model(
+            steps in proptest::collection::vec((0u8..7, day(), position(), any::<u32>()), 0..200),
+        ) {
+            let mut log = PatientLog::default();
+            let mut model = Model::default();
+            for (index, step) in steps.into_iter().enumerate() {
+                let recorded = event_of(index, step);
+                prop_assert_eq!(log.apply(&recorded), model.apply(&recorded));
+            }
+            let decoded = log.decode();
+            prop_assert_eq!(decoded.len(), model.events.len());
+            for (event, (_, position, day, detail)) in decoded.iter().zip(&model.events) {
+                prop_assert_eq!(event.position, *position);
+                prop_assert_eq!(event.day, *day);
+                prop_assert_eq!(event.detail, *detail);
+            }
+            prop_assert_eq!(log.registered, model.registered);
+            prop_assert!(log.check_restored().is_ok());
+        }
+    }
+
+    #[test]
+    fn a_restored_log_whose_fields_do_not_decode_is_refused() {
+        let mut log = PatientLog::default();
+        log.apply(&event_of(0, (1, 10_000, 7, 3)));
+        log.apply(&event_of(1, (3, 10_035, 9, 0)));
+        assert!(log.check_restored().is_ok());
+
+        let mut truncated = log.clone();
+        truncated.fields.pop();
+        assert!(truncated.check_restored().is_err());
+
+        let mut trailing = log.clone();
+        trailing.fields.push(0);
+        assert!(trailing.check_restored().is_err());
+
+        let mut unknown_kind = log.clone();
+        unknown_kind.words[0] |= KIND_MASK;
+        assert!(unknown_kind.check_restored().is_err());
+
+        let mut response_to_itself = log.clone();
+        let last = response_to_itself.fields.len() - 1;
+        response_to_itself.fields[last] &= 0b11;
+        assert!(response_to_itself.check_restored().is_err());
+
+        let mut wrong_last_day = log;
+        wrong_last_day.last_day += 1;
+        assert!(wrong_last_day.check_restored().is_err());
+    }
 }

@@ -172,56 +172,7 @@ impl Tally {
     /// The share of one patient. A patient who was never registered is not in
     /// the audit (admission refuses their events, so a valid log has none).
     pub fn of(analysis: &Analysis) -> Self {
-        let mut scope = ScopeReport::default();
-        if !analysis.registered {
-            return Self(scope);
-        }
-        scope.patients = 1;
-        scope.injections = analysis.cycles.len() as u64;
-        let int_1 = scope.standards.get_mut(Standard::Int1);
-        int_1.numerator = analysis.interval_pairs_met;
-        int_1.denominator = analysis.interval_pairs;
-
-        let Some(snr) = &analysis.snr else {
-            return Self(scope);
-        };
-        scope.snr.n = 1;
-        let switched = snr.first_bont_b_day.is_some();
-        let referred_dbs = snr.first_dbs_referral_day.is_some();
-        let assessed = snr.first_resistance_test_day.is_some();
-        let confirmed = snr.first_positive_test_day.is_some();
-        let regained = snr.regained.is_some();
-
-        let group = scope.snr.group_mut(snr.group);
-        group.n = 1;
-        group.regained_with_adjustment = u64::from(regained && snr.regained_with_adjustment);
-        group.regained_without_adjustment = u64::from(regained && !snr.regained_with_adjustment);
-        group.not_regained = u64::from(!regained);
-        group.switched_to_bont_b = u64::from(switched);
-        group.referred_dbs = u64::from(referred_dbs);
-        group.not_regained_switched_to_bont_b = u64::from(!regained && switched);
-        group.not_regained_referred_dbs = u64::from(!regained && referred_dbs);
-        group.assessed_for_resistance = u64::from(assessed);
-        group.resistance_confirmed = u64::from(confirmed);
-
-        let standards = &mut scope.standards;
-        if snr.group == SnrGroup::Suboptimal && (switched || referred_dbs) {
-            standards.bnn_1.denominator = 1;
-            standards.bnn_1.numerator = u64::from(snr.adjusted_before_escalation);
-        }
-        if snr.group == SnrGroup::NoResponse {
-            standards.bnn_2.denominator = 1;
-            standards.bnn_2.numerator = u64::from(assessed);
-        }
-        if switched {
-            standards.bnn_3.denominator = 1;
-            standards.bnn_3.numerator = u64::from(snr.tested_by_first_bont_b);
-        }
-        if confirmed {
-            standards.bnn_4.denominator = 1;
-            standards.bnn_4.numerator = u64::from(snr.management_change_day.is_some());
-        }
-        Self(scope)
+        Share::of(analysis).tally()
     }
 
     pub fn add(&mut self, other: &Tally) {
@@ -257,6 +208,119 @@ impl Tally {
             my_result.numerator = operation(my_result.numerator, their_result.numerator);
             my_result.denominator = operation(my_result.denominator, their_result.denominator);
         }
+    }
+}
+
+/// A patient's share in compact form: exactly what [`Tally::of`] reads of an
+/// analysis. The cohort keeps one per patient to take it back from the
+/// totals when the patient changes; at 40 bytes instead of a 304-byte
+/// [`Tally`] that is 26 MB less for 100k patients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Share {
+    registered: bool,
+    injections: u64,
+    interval_pairs: u64,
+    interval_pairs_met: u64,
+    snr: Option<SnrShare>,
+}
+
+/// What the tally reads of a patient's SNR facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SnrShare {
+    group: SnrGroup,
+    switched: bool,
+    referred_dbs: bool,
+    assessed: bool,
+    confirmed: bool,
+    regained: bool,
+    regained_with_adjustment: bool,
+    adjusted_before_escalation: bool,
+    tested_by_first_bont_b: bool,
+    management_changed: bool,
+}
+
+impl Share {
+    /// The share of one patient (nothing for a patient never registered).
+    pub fn of(analysis: &Analysis) -> Self {
+        if !analysis.registered {
+            return Self::default();
+        }
+        Self {
+            registered: true,
+            injections: analysis.cycles.len() as u64,
+            interval_pairs: analysis.interval_pairs,
+            interval_pairs_met: analysis.interval_pairs_met,
+            snr: analysis.snr.as_ref().map(|snr| SnrShare {
+                group: snr.group,
+                switched: snr.first_bont_b_day.is_some(),
+                referred_dbs: snr.first_dbs_referral_day.is_some(),
+                assessed: snr.first_resistance_test_day.is_some(),
+                confirmed: snr.first_positive_test_day.is_some(),
+                regained: snr.regained.is_some(),
+                regained_with_adjustment: snr.regained_with_adjustment,
+                adjusted_before_escalation: snr.adjusted_before_escalation,
+                tested_by_first_bont_b: snr.tested_by_first_bont_b,
+                management_changed: snr.management_change_day.is_some(),
+            }),
+        }
+    }
+
+    /// The share as a tally, to add to or take from the totals.
+    pub fn tally(&self) -> Tally {
+        let mut scope = ScopeReport::default();
+        if !self.registered {
+            return Tally(scope);
+        }
+        scope.patients = 1;
+        scope.injections = self.injections;
+        let int_1 = scope.standards.get_mut(Standard::Int1);
+        int_1.numerator = self.interval_pairs_met;
+        int_1.denominator = self.interval_pairs;
+
+        let Some(snr) = &self.snr else {
+            return Tally(scope);
+        };
+        scope.snr.n = 1;
+        let SnrShare {
+            group: snr_group,
+            switched,
+            referred_dbs,
+            assessed,
+            confirmed,
+            regained,
+            ..
+        } = *snr;
+
+        let group = scope.snr.group_mut(snr_group);
+        group.n = 1;
+        group.regained_with_adjustment = u64::from(regained && snr.regained_with_adjustment);
+        group.regained_without_adjustment = u64::from(regained && !snr.regained_with_adjustment);
+        group.not_regained = u64::from(!regained);
+        group.switched_to_bont_b = u64::from(switched);
+        group.referred_dbs = u64::from(referred_dbs);
+        group.not_regained_switched_to_bont_b = u64::from(!regained && switched);
+        group.not_regained_referred_dbs = u64::from(!regained && referred_dbs);
+        group.assessed_for_resistance = u64::from(assessed);
+        group.resistance_confirmed = u64::from(confirmed);
+
+        let standards = &mut scope.standards;
+        if snr_group == SnrGroup::Suboptimal && (switched || referred_dbs) {
+            standards.bnn_1.denominator = 1;
+            standards.bnn_1.numerator = u64::from(snr.adjusted_before_escalation);
+        }
+        if snr_group == SnrGroup::NoResponse {
+            standards.bnn_2.denominator = 1;
+            standards.bnn_2.numerator = u64::from(assessed);
+        }
+        if switched {
+            standards.bnn_3.denominator = 1;
+            standards.bnn_3.numerator = u64::from(snr.tested_by_first_bont_b);
+        }
+        if confirmed {
+            standards.bnn_4.denominator = 1;
+            standards.bnn_4.numerator = u64::from(snr.management_changed);
+        }
+        Tally(scope)
     }
 }
 
