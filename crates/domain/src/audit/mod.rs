@@ -10,6 +10,7 @@
 //! patient view are both read from its analysis.
 
 mod assessment;
+mod change;
 mod cohort;
 mod engine;
 mod parameters;
@@ -19,6 +20,7 @@ pub use assessment::{
     CycleView, InjectedMuscle, PatientAssessment, SnrGroup, SnrView, Standard, StandardFinding,
     assess_patient,
 };
+pub use change::{AssessmentChange, apply_and_compare};
 pub use cohort::{COHORT_SNAPSHOT_FORMAT, Cohort, CohortSnapshot};
 pub use parameters::{RULE_SET, RuleParameters};
 pub use report::{

@@ -10,6 +10,7 @@ mod audit;
 mod audit_builder;
 mod audit_properties;
 mod audit_reference;
+mod change;
 mod ndjson;
 mod roundtrip;
 mod snapshots;

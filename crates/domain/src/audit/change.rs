@@ -1,0 +1,139 @@
+//! Whether one event changed its patient's assessment, told without
+//! re-assessing the patient when the event's kind makes it certain.
+//!
+//! A follower that publishes a patient's assessment whenever it changes
+//! (the assessment service) needs, for every event, "did this change the
+//! assessment?". Re-assessing the patient's whole history after each event
+//! costs O(events²) per patient. Most events settle the question from the
+//! compact log alone:
+//!
+//! - a patient's first registration makes them part of the audit: changed;
+//! - an injection adds a live cycle (the cycle count is part of the
+//!   assessment): changed;
+//! - an assessment of a live injection changes that cycle's current rating
+//!   exactly when its rating differs from the current one (the last live
+//!   assessment of that injection before it); an assessment of a voided
+//!   injection, or one the log does not take, changes nothing;
+//! - a second registration changes nothing.
+//!
+//! Voids, resistance tests, referrals and discontinuations can change the
+//! SNR findings or not depending on dates and the rest of the history: for
+//! those (a few per SNR patient) the patient is assessed before and after
+//! and the two assessments compared.
+
+use crate::{
+    audit::{
+        Cohort, PatientAssessment,
+        engine::{Detail, PatientLog},
+    },
+    event::{EventBody, Rating, RecordedEvent},
+};
+
+/// What one event did to its patient's assessment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssessmentChange {
+    /// The patient is not registered: they have no assessment to publish.
+    NotRegistered,
+    /// The assessment is exactly what it was before the event.
+    Unchanged,
+    /// The assessment differs from what it was before the event (for a
+    /// first registration: the patient now has one).
+    Changed,
+}
+
+/// The kinds of event whose effect on the assessment the compact log alone
+/// cannot tell.
+fn needs_assessing(body: &EventBody) -> bool {
+    !matches!(
+        body,
+        EventBody::PatientRegistered(_)
+            | EventBody::InjectionAdministered(_)
+            | EventBody::ResponseAssessed(_)
+    )
+}
+
+/// The current rating of the injection at `injection` among `events`: the
+/// last live assessment naming it. Assessments always follow the injection
+/// they name, and events are stored in log (so position) order.
+fn current_rating(events: &[crate::audit::engine::CompactEvent], injection: u32) -> Option<Rating> {
+    let after_injection = events.get(injection as usize + 1..)?;
+    after_injection
+        .iter()
+        .rev()
+        .find_map(|event| match event.detail {
+            Detail::Response {
+                injection: named,
+                rating,
+            } if named == injection => Some(rating),
+            _ => None,
+        })
+}
+
+/// For an event the compact log can judge (registration, injection,
+/// response) of a patient registered before it: did it change the
+/// assessment? `length_before` is the log's length before the event.
+fn judged_from_log(body: &EventBody, log: &PatientLog, length_before: usize) -> AssessmentChange {
+    if log.len() == length_before {
+        // Not stored (a second registration, an assessment naming no
+        // injection of this patient): the log, so the assessment, is as
+        // it was.
+        return AssessmentChange::Unchanged;
+    }
+    if !matches!(body, EventBody::ResponseAssessed(_)) {
+        // A stored injection is a new live cycle. (A registration is never
+        // stored; were anything else judged here, "changed" would publish
+        // an assessment equal to the last one, never lose a change.)
+        return AssessmentChange::Changed;
+    }
+    // The packed log is decoded to read the response, its injection and the
+    // injection's earlier assessments.
+    let events = log.decode();
+    let Some((last, earlier)) = events.split_last() else {
+        return AssessmentChange::Unchanged;
+    };
+    let Detail::Response { injection, rating } = last.detail else {
+        return AssessmentChange::Changed;
+    };
+    let live_injection = matches!(
+        earlier.get(injection as usize).map(|event| event.detail),
+        Some(Detail::Injection { .. })
+    );
+    if live_injection && current_rating(earlier, injection) != Some(rating) {
+        AssessmentChange::Changed
+    } else {
+        AssessmentChange::Unchanged
+    }
+}
+
+/// Applies `recorded` to `cohort` and tells what it did to the patient's
+/// assessment ([`PatientAssessment`], all of it: "unchanged" means equal).
+pub fn apply_and_compare(cohort: &mut Cohort, recorded: &RecordedEvent) -> AssessmentChange {
+    let event = &recorded.event;
+    let (registered_before, length_before) = cohort
+        .patient_log(&event.centre, &event.patient)
+        .map_or((false, 0), |log| (log.registered, log.len()));
+    let before = (registered_before && needs_assessing(&event.body))
+        .then(|| cohort.patient(&event.patient_key()));
+    cohort.apply(recorded);
+    let Some(log) = cohort.patient_log(&event.centre, &event.patient) else {
+        // `apply` always makes the patient's slot; no slot, no assessment.
+        return AssessmentChange::NotRegistered;
+    };
+    if !log.registered {
+        return AssessmentChange::NotRegistered;
+    }
+    if !registered_before {
+        return AssessmentChange::Changed;
+    }
+    match before {
+        Some(before) => {
+            let after: Option<PatientAssessment> = cohort.patient(&event.patient_key());
+            if after == before {
+                AssessmentChange::Unchanged
+            } else {
+                AssessmentChange::Changed
+            }
+        }
+        None => judged_from_log(&event.body, log, length_before),
+    }
+}
