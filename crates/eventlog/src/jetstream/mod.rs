@@ -128,6 +128,22 @@ const LOOKUP_READS_IN_FLIGHT: usize = 64;
 /// How often an append retries after the server reported a key inside the
 /// duplicate window that the index did not know yet.
 const APPEND_ATTEMPTS: usize = 3;
+/// How often an append is published again after nats-server refused one of
+/// its expectations although every expectation held before and after.
+///
+/// nats-server 2.12 does that under load: a writer appends to a patient,
+/// gets the acknowledgement at position N, appends again expecting N, and is
+/// answered "wrong last sequence: N" (10071, naming the very sequence it
+/// expected) or "wrong last sequence" (10164: the subject is still marked in
+/// flight by the previous conditional write, a mark the server clears only
+/// after it has sent that write's acknowledgement). Seen only with CPU
+/// contention, on a few appends in a thousand; the refused atomic batch
+/// stores nothing, and the same batch published again a moment later is
+/// stored. Before this retry the backend reported such a refusal as
+/// `WrongExpectedVersion` "expected at N but is at N", which ingest retried
+/// at great cost (restore, catch up, admit again) and, three times unlucky,
+/// refused the client's events.
+const SPURIOUS_REFUSAL_ATTEMPTS: u32 = 8;
 
 /// How a batch is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -210,8 +226,13 @@ struct Outgoing {
 /// Why a publish did not store the batch.
 #[derive(Debug)]
 enum PublishFailure {
-    /// An expected last subject sequence did not hold.
+    /// The server answered "wrong last sequence" (10071 with a number, or
+    /// 10164 without one, for a subject another conditional write holds).
     WrongLastSequence,
+    /// The server refused an expectation, yet every expectation of the batch
+    /// holds when read back just after, and nothing of the batch is stored
+    /// (see [`SPURIOUS_REFUSAL_ATTEMPTS`]): publishing again is safe.
+    ExpectationsHeld,
     /// The batch held a key the server saw within its duplicate window.
     DuplicateKey,
     /// A message was too large or otherwise refused for what it is.
@@ -741,7 +762,11 @@ impl JetStreamLog {
                         .collect()))
                 }
                 Err(PublishFailure::WrongLastSequence) => {
-                    Err(self.explain_wrong_version(batch).await)
+                    match self.explain_wrong_version(batch).await? {
+                        Some(error) => Err(error),
+                        // Refused whole, so nothing is stored: safe to publish again.
+                        None => Ok(Err(PublishFailure::ExpectationsHeld)),
+                    }
                 }
                 Err(failure) => Ok(Err(failure)),
             }
@@ -756,7 +781,17 @@ impl JetStreamLog {
                             .await?,
                     ),
                     Err(PublishFailure::WrongLastSequence) => {
-                        return Err(self.explain_wrong_version(batch).await);
+                        return match self.explain_wrong_version(batch).await? {
+                            Some(error) => Err(error),
+                            // Nothing of this attempt stored yet: safe to publish again.
+                            None if outcomes.is_empty() => {
+                                Ok(Err(PublishFailure::ExpectationsHeld))
+                            }
+                            None => Err(LogError::Unavailable(format!(
+                                "the server refused an expectation that holds after {} records of the batch were stored; send the batch again",
+                                outcomes.len()
+                            ))),
+                        };
                     }
                     Err(failure) => return Ok(Err(failure)),
                 }
@@ -765,33 +800,34 @@ impl JetStreamLog {
         }
     }
 
-    /// After the server refused an expectation: which one, and where the stream is.
-    async fn explain_wrong_version(&self, batch: &AppendBatch) -> LogError {
-        let mut first_checked = None;
+    /// After the server refused an expectation: the first one that does not
+    /// hold, with where its stream is, or `None` when every one holds (the
+    /// refusal was spurious, see [`SPURIOUS_REFUSAL_ATTEMPTS`]): the refused
+    /// publish stored nothing, and publishing it again has the server check
+    /// every expectation again.
+    async fn explain_wrong_version(
+        &self,
+        batch: &AppendBatch,
+    ) -> Result<Option<LogError>, LogError> {
+        let mut checked_any = false;
         for (stream, version) in &batch.expectations {
             let expected = match version {
                 ExpectedVersion::Any => continue,
                 ExpectedVersion::Empty => 0,
                 ExpectedVersion::At(position) => *position,
             };
-            match self.stream_version(stream).await {
-                Ok(actual) if actual != expected => return wrong_version(stream, expected, actual),
-                Ok(actual) => {
-                    first_checked.get_or_insert((stream.clone(), *version, actual));
-                }
-                Err(error) => return error,
+            checked_any = true;
+            let actual = self.stream_version(stream).await?;
+            if actual != expected {
+                return Ok(Some(wrong_version(stream, expected, actual)));
             }
         }
-        match first_checked {
-            // The stream moved again since the refusal: report it as it is now.
-            Some((stream, expected, actual)) => LogError::WrongExpectedVersion {
-                stream,
-                expected: ExpectedVersionDisplay(expected),
-                actual,
-            },
-            None => LogError::Unavailable(
+        if checked_any {
+            Ok(None)
+        } else {
+            Err(LogError::Unavailable(
                 "the server refused an expectation the batch did not carry".to_owned(),
-            ),
+            ))
         }
     }
 
@@ -932,18 +968,39 @@ impl EventLog for JetStreamLog {
                 batch.records.len()
             )));
         }
-        let mut last_failure = String::new();
-        for attempt in 0..APPEND_ATTEMPTS {
+        let mut duplicate_key_attempts = 0;
+        let mut spurious_refusals = 0;
+        loop {
             // Sequential batches cannot be refused whole by the server, so every
             // key they hold must be found before the first message goes out.
-            self.ensure_index_fresh(attempt > 0 || !self.inner.atomic)
+            self.ensure_index_fresh(duplicate_key_attempts > 0 || !self.inner.atomic)
                 .await?;
             match self.try_append(&batch).await? {
                 Ok(outcomes) => return Ok(outcomes),
                 // A key stored inside the duplicate window that the index did not
                 // know yet: catch the index up and look again.
                 Err(PublishFailure::DuplicateKey) => {
-                    last_failure = "a key stored concurrently".to_owned()
+                    duplicate_key_attempts += 1;
+                    if duplicate_key_attempts >= APPEND_ATTEMPTS {
+                        return Err(LogError::Unavailable(format!(
+                            "append gave up after {APPEND_ATTEMPTS} attempts: a key stored concurrently"
+                        )));
+                    }
+                }
+                Err(PublishFailure::ExpectationsHeld) => {
+                    spurious_refusals += 1;
+                    if spurious_refusals >= SPURIOUS_REFUSAL_ATTEMPTS {
+                        return Err(LogError::Unavailable(format!(
+                            "the server refused the batch's expectations {SPURIOUS_REFUSAL_ATTEMPTS} times although they held; nothing was stored"
+                        )));
+                    }
+                    tracing::debug!(
+                        attempt = spurious_refusals,
+                        "the server refused expectations that hold, publishing again"
+                    );
+                    // A retry back-off, not synchronisation: the server's
+                    // in-flight mark has no event a client could wait on.
+                    tokio::time::sleep(Duration::from_millis(1 << spurious_refusals.min(6))).await;
                 }
                 Err(PublishFailure::Refused(reason)) => return Err(LogError::Invalid(reason)),
                 Err(PublishFailure::Unavailable(reason)) => {
@@ -956,9 +1013,6 @@ impl EventLog for JetStreamLog {
                 }
             }
         }
-        Err(LogError::Unavailable(format!(
-            "append gave up after {APPEND_ATTEMPTS} attempts: {last_failure}"
-        )))
     }
 
     async fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {

@@ -301,3 +301,62 @@ async fn a_retried_full_batch_is_answered_from_the_key_index() -> Result<()> {
     ensure!(log.head().await? == 1000);
     Ok(())
 }
+
+/// Regression (issue 3): an append whose expectation holds must not be
+/// refused because the server still marks the writer's own previous
+/// conditional write to the same subject as in flight. nats-server clears that
+/// mark only after it has sent the previous batch's acknowledgement, and in
+/// that gap it answers a new expectation on the subject with 10164 ("wrong last
+/// sequence", no number) without comparing anything; the backend used to
+/// report that as `WrongExpectedVersion` "expected at N but is at N". Each
+/// writer here appends to its own patient right after the acknowledgement of
+/// its last append, as ingest does, several writers at once so the server is
+/// busy between acknowledging and clearing.
+#[tokio::test]
+async fn an_append_right_after_the_last_one_on_its_stream_is_not_refused() -> Result<()> {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 150;
+    let server = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let log = log.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = format!("leeds.W-{writer}");
+            let other = format!("leeds.X-{writer}");
+            let mut version = 0;
+            let mut other_version = 0;
+            for round in 0..ROUNDS {
+                let expected = |version: u64| {
+                    if version == 0 {
+                        eventlog::ExpectedVersion::Empty
+                    } else {
+                        eventlog::ExpectedVersion::At(version)
+                    }
+                };
+                // Two records of the patient and one of another, as an ingest
+                // batch holds: several messages of one subject in the batch.
+                let batch = AppendBatch::new(vec![
+                    record(&format!("w{writer}-r{round}-a"), &stream, "a"),
+                    record(&format!("w{writer}-r{round}-x"), &other, "x"),
+                    record(&format!("w{writer}-r{round}-b"), &stream, "b"),
+                ])
+                .expect(stream.as_str(), expected(version))
+                .expect(other.as_str(), expected(other_version));
+                let outcomes = log
+                    .append(batch)
+                    .await
+                    .with_context(|| format!("writer {writer}, round {round}"))?;
+                ensure!(outcomes.len() == 3);
+                version = outcomes[2].position();
+                other_version = outcomes[1].position();
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    ensure!(log.head().await? == (WRITERS * ROUNDS * 3) as u64);
+    Ok(())
+}
