@@ -166,6 +166,7 @@ fn main() {
     let centres: Vec<Centre> = (0..12)
         .map(|index| Centre::parse(&format!("centre-{index:02}")).unwrap())
         .collect();
+    let resident_at_start = resident_memory_kib();
     let mut random = SplitMix(2019);
     let mut cohort = Cohort::new(RuleParameters::default());
     let mut folding = Duration::ZERO;
@@ -226,6 +227,24 @@ fn main() {
             peak as f64 / 1024.0
         );
     }
+    // Every batch is dropped by now: what the process holds above its start
+    // is the cohort (and whatever the allocator has not given back).
+    if let (Some(start), Some(end)) = (resident_at_start, resident_memory_kib()) {
+        let held = end.saturating_sub(start) as f64 * 1024.0;
+        println!(
+            "  resident after the fold {:.1} MiB above the start: {:.0} bytes per patient, {:.1} per event",
+            held / 1024.0 / 1024.0,
+            held / patients.max(1) as f64,
+            held / events.max(1) as f64
+        );
+    }
+}
+
+/// The process's resident memory now (VmRSS), on Linux.
+fn resident_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process's peak resident memory (VmHWM), on Linux.

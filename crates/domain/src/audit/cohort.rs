@@ -288,9 +288,7 @@ impl Cohort {
     }
 
     /// One patient's compact log, or `None` when the cohort has never seen
-    /// an event of theirs (for `audit::change`, whose file is committed on
-    /// its own: until then nothing else calls this).
-    #[allow(dead_code)]
+    /// an event of theirs (for `audit::change`).
     pub(crate) fn patient_log(&self, centre: &Centre, patient: &Pseudonym) -> Option<&PatientLog> {
         let centre = *self.centre_index.get(centre.as_str())?;
         let slot = self.find_patient(centre, patient)?;

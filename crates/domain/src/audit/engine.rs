@@ -81,10 +81,8 @@ fn code_of<T: Copy + PartialEq>(all: &[T], value: T) -> u8 {
         .unwrap_or(0) as u8
 }
 
-fn value_of<T: Copy>(all: &[T], code: u8) -> Result<T, String> {
-    all.get(usize::from(code))
-        .copied()
-        .ok_or_else(|| format!("unknown vocabulary code {code}"))
+fn value_of<T: Copy>(all: &[T], code: u8) -> Result<T, Corrupt> {
+    all.get(usize::from(code)).copied().ok_or(Corrupt)
 }
 
 // Every (muscle, side) pair must have its own bit in a `u32` muscle set.
@@ -153,42 +151,28 @@ pub(crate) struct CompactEvent {
     pub detail: Detail,
 }
 
-/// The encoded fields of one event, on the stack: at most 5 bytes of day,
-/// 10 of position and 11 of kind-specific fields.
-struct Fields {
-    bytes: [u8; 32],
-    length: usize,
+/// Appends `value` as a LEB128 variable-length integer (7 bits a byte).
+fn put_varint(bytes: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        bytes.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    bytes.push(value as u8);
 }
 
-impl Fields {
-    fn new() -> Self {
-        Self {
-            bytes: [0; 32],
-            length: 0,
-        }
-    }
-
-    fn push(&mut self, byte: u8) {
-        // Never full: see the sizes above.
-        if let Some(slot) = self.bytes.get_mut(self.length) {
-            *slot = byte;
-            self.length += 1;
-        }
-    }
-
-    /// Appends `value` as a LEB128 variable-length integer (7 bits a byte).
-    fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.push((value as u8) | 0x80);
-            value >>= 7;
-        }
-        self.push(value as u8);
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.length.min(self.bytes.len())]
-    }
+/// The kind-specific fields of an event about to be stored.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    Nothing,
+    Byte(u8),
+    Varint(u64),
+    /// Product and guidance codes, total units, muscle set.
+    Injection(u8, u32, u32),
 }
+
+/// The most bytes one event's fields take: 5 of day, 10 of position, 11 of
+/// an injection's fields.
+const MAX_FIELDS_BYTES: usize = 26;
 
 /// A signed difference as an unsigned integer, small for small magnitudes.
 fn zigzag(value: i64) -> u64 {
@@ -199,32 +183,38 @@ fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-/// Reads what [`Fields::varint`] wrote.
+/// The fields buffer ended early or holds an impossible value; which event
+/// is at fault is told by [`PatientLog::decode_into`].
+#[derive(Debug)]
+struct Corrupt;
+
+/// Reads what [`put_varint`] wrote.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, String> {
-        let byte = *self
-            .bytes
-            .get(self.at)
-            .ok_or_else(|| "the event fields end early".to_owned())?;
+    fn byte(&mut self) -> Result<u8, Corrupt> {
+        let byte = *self.bytes.get(self.at).ok_or(Corrupt)?;
         self.at += 1;
         Ok(byte)
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
+    fn varint(&mut self) -> Result<u64, Corrupt> {
+        let first = self.byte()?;
+        if first < 0x80 {
+            return Ok(u64::from(first));
+        }
+        let mut value = u64::from(first & 0x7f);
+        for shift in (7..64).step_by(7) {
             let byte = self.byte()?;
             value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
+            if byte < 0x80 {
                 return Ok(value);
             }
         }
-        Err("a variable-length integer is too long".to_owned())
+        Err(Corrupt)
     }
 }
 
@@ -251,8 +241,7 @@ impl PatientLog {
     /// not have: admission refuses both, so a valid log never has them).
     pub fn apply(&mut self, recorded: &RecordedEvent) -> bool {
         let event = &recorded.event;
-        let mut payload = Fields::new();
-        let kind = match &event.body {
+        let (kind, payload) = match &event.body {
             EventBody::PatientRegistered(_) => {
                 let changed = !self.registered;
                 self.registered = true;
@@ -269,17 +258,16 @@ impl PatientLog {
                 };
             }
             EventBody::InjectionAdministered(injection) => {
-                payload.push(
-                    code_of(Product::ALL, injection.product())
-                        | code_of(Guidance::ALL, injection.guidance()) << 3,
-                );
-                payload.varint(u64::from(injection.total_units()));
+                let codes = code_of(Product::ALL, injection.product())
+                    | code_of(Guidance::ALL, injection.guidance()) << 3;
                 let muscles = injection
                     .muscles()
                     .iter()
                     .fold(0, |set, dose| set | muscle_bit(dose.muscle, dose.side));
-                payload.varint(u64::from(muscles));
-                Kind::Injection
+                (
+                    Kind::Injection,
+                    Payload::Injection(codes, injection.total_units(), muscles),
+                )
             }
             EventBody::ResponseAssessed(response) => {
                 let target_hash = id_hash(&response.injection_event_id);
@@ -295,49 +283,58 @@ impl PatientLog {
                     return false;
                 }
                 let back = (self.words.len() - index) as u64;
-                payload.varint(back << 2 | u64::from(code_of(Rating::ALL, response.rating)));
-                Kind::Response
+                (
+                    Kind::Response,
+                    Payload::Varint(back << 2 | u64::from(code_of(Rating::ALL, response.rating))),
+                )
             }
-            EventBody::ResistanceTested(test) => {
-                payload.push(code_of(ResistanceResult::ALL, test.result));
-                Kind::Resistance
-            }
-            EventBody::ReferralMade(referral) => {
-                payload.push(code_of(ReferralTarget::ALL, referral.target));
-                Kind::Referral
-            }
-            EventBody::TreatmentDiscontinued(_) => Kind::Discontinued,
+            EventBody::ResistanceTested(test) => (
+                Kind::Resistance,
+                Payload::Byte(code_of(ResistanceResult::ALL, test.result)),
+            ),
+            EventBody::ReferralMade(referral) => (
+                Kind::Referral,
+                Payload::Byte(code_of(ReferralTarget::ALL, referral.target)),
+            ),
+            EventBody::TreatmentDiscontinued(_) => (Kind::Discontinued, Payload::Nothing),
         };
-        let day = event.occurred_on.days_since_epoch();
-        let mut fields = Fields::new();
-        fields.varint(zigzag(i64::from(day) - i64::from(self.last_day)));
-        fields.varint(zigzag(
-            recorded.position.wrapping_sub(self.last_position) as i64
-        ));
-        for byte in payload.as_slice() {
-            fields.push(*byte);
-        }
-        let fields = fields.as_slice();
 
         // Grow by a quarter rather than double: across 100k patients the
-        // slack of doubling would be a third of the cohort's memory.
+        // slack of doubling would be a third of the cohort's memory. The
+        // minimum steps (8 words, 128 bytes: about 8 events) keep a short
+        // history from being reallocated at every other event.
         if self.words.len() == self.words.capacity() {
-            self.words.reserve_exact((self.words.len() / 4).max(4));
+            self.words.reserve_exact((self.words.len() / 4).max(8));
         }
-        if self.fields.capacity() - self.fields.len() < fields.len() {
-            self.fields
-                .reserve_exact((self.fields.len() / 4).max(fields.len()).max(32));
+        if self.fields.capacity() - self.fields.len() < MAX_FIELDS_BYTES {
+            self.fields.reserve_exact((self.fields.len() / 4).max(128));
+        }
+        let day = event.occurred_on.days_since_epoch();
+        put_varint(
+            &mut self.fields,
+            zigzag(i64::from(day) - i64::from(self.last_day)),
+        );
+        put_varint(
+            &mut self.fields,
+            zigzag(recorded.position.wrapping_sub(self.last_position) as i64),
+        );
+        match payload {
+            Payload::Nothing => {}
+            Payload::Byte(byte) => self.fields.push(byte),
+            Payload::Varint(value) => put_varint(&mut self.fields, value),
+            Payload::Injection(codes, total_units, muscles) => {
+                self.fields.push(codes);
+                put_varint(&mut self.fields, u64::from(total_units));
+                put_varint(&mut self.fields, u64::from(muscles));
+            }
         }
         self.words.push(id_hash(&event.event_id) | kind as u64);
-        self.fields.extend_from_slice(fields);
         self.last_day = day;
         self.last_position = recorded.position;
         true
     }
 
-    /// How many events are stored (registrations and voids are not). Used
-    /// by `audit::change`, committed on its own.
-    #[allow(dead_code)]
+    /// How many events are stored (registrations and voids are not).
     pub fn len(&self) -> usize {
         self.words.len()
     }
@@ -357,64 +354,18 @@ impl PatientLog {
             bytes: &self.fields,
             at: 0,
         };
-        let mut day = i64::from(0i32);
+        let mut day = 0i64;
         let mut position = 0u64;
         for (index, word) in self.words.iter().enumerate() {
-            let kind = Kind::of_word(*word)
-                .ok_or_else(|| format!("event {index} is of an unknown kind"))?;
-            day += unzigzag(reader.varint()?);
-            let event_day =
-                i32::try_from(day).map_err(|_| format!("event {index} has no valid day"))?;
-            position = position.wrapping_add(unzigzag(reader.varint()?) as u64);
-            let detail = match kind {
-                Kind::Injection => {
-                    let codes = reader.byte()?;
-                    let total_units = u32::try_from(reader.varint()?)
-                        .map_err(|_| format!("event {index} has too many units"))?;
-                    let muscles = u32::try_from(reader.varint()?)
-                        .map_err(|_| format!("event {index} has an invalid muscle set"))?;
-                    Detail::Injection {
-                        product: value_of(Product::ALL, codes & 0b111)?,
-                        guidance: value_of(Guidance::ALL, codes >> 3)?,
-                        total_units,
-                        muscles,
-                    }
-                }
-                Kind::Response => {
-                    let packed = reader.varint()?;
-                    let back = usize::try_from(packed >> 2).unwrap_or(usize::MAX);
-                    let injection = index
-                        .checked_sub(back)
-                        .filter(|_| back > 0)
-                        .and_then(|injection| u32::try_from(injection).ok())
-                        .ok_or_else(|| {
-                            format!(
-                                "event {index} is a response to an event {back} back, which \
-                                 does not precede it"
-                            )
-                        })?;
-                    Detail::Response {
-                        injection,
-                        rating: value_of(Rating::ALL, (packed & 0b11) as u8)?,
-                    }
-                }
-                Kind::Resistance => Detail::Resistance {
-                    result: value_of(ResistanceResult::ALL, reader.byte()?)?,
+            let event = decode_one(&mut reader, index, *word, &mut day, &mut position).map_err(
+                |Corrupt| {
+                    format!(
+                        "event {index} does not decode (or is a response to an event that does \
+                         not precede it)"
+                    )
                 },
-                Kind::Referral => Detail::Referral {
-                    target: value_of(ReferralTarget::ALL, reader.byte()?)?,
-                },
-                Kind::Discontinued => Detail::Discontinued,
-            };
-            events.push(CompactEvent {
-                position,
-                day: event_day,
-                detail: if word & VOIDED_FLAG != 0 {
-                    Detail::Voided
-                } else {
-                    detail
-                },
-            });
+            )?;
+            events.push(event);
         }
         if reader.at != self.fields.len() {
             return Err(format!(
@@ -442,6 +393,64 @@ impl PatientLog {
             .iter()
             .rposition(|word| word & HASH_MASK == hash && filter(*word))
     }
+}
+
+/// Decodes the event at `index`, whose word is `word`, moving the running
+/// day and position on by its differences.
+#[inline]
+fn decode_one(
+    reader: &mut Reader<'_>,
+    index: usize,
+    word: u64,
+    day: &mut i64,
+    position: &mut u64,
+) -> Result<CompactEvent, Corrupt> {
+    let kind = Kind::of_word(word).ok_or(Corrupt)?;
+    *day += unzigzag(reader.varint()?);
+    let event_day = i32::try_from(*day).map_err(|_| Corrupt)?;
+    *position = position.wrapping_add(unzigzag(reader.varint()?) as u64);
+    let detail = match kind {
+        Kind::Injection => {
+            let codes = reader.byte()?;
+            let total_units = u32::try_from(reader.varint()?).map_err(|_| Corrupt)?;
+            let muscles = u32::try_from(reader.varint()?).map_err(|_| Corrupt)?;
+            Detail::Injection {
+                product: value_of(Product::ALL, codes & 0b111)?,
+                guidance: value_of(Guidance::ALL, codes >> 3)?,
+                total_units,
+                muscles,
+            }
+        }
+        Kind::Response => {
+            let packed = reader.varint()?;
+            let back = usize::try_from(packed >> 2).map_err(|_| Corrupt)?;
+            let injection = index
+                .checked_sub(back)
+                .filter(|_| back > 0)
+                .and_then(|injection| u32::try_from(injection).ok())
+                .ok_or(Corrupt)?;
+            Detail::Response {
+                injection,
+                rating: value_of(Rating::ALL, (packed & 0b11) as u8)?,
+            }
+        }
+        Kind::Resistance => Detail::Resistance {
+            result: value_of(ResistanceResult::ALL, reader.byte()?)?,
+        },
+        Kind::Referral => Detail::Referral {
+            target: value_of(ReferralTarget::ALL, reader.byte()?)?,
+        },
+        Kind::Discontinued => Detail::Discontinued,
+    };
+    Ok(CompactEvent {
+        position: *position,
+        day: event_day,
+        detail: if word & VOIDED_FLAG != 0 {
+            Detail::Voided
+        } else {
+            detail
+        },
+    })
 }
 
 /// One live cycle, in clinical order, with what the rules found about it.
