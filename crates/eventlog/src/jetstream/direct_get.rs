@@ -22,6 +22,9 @@ pub(crate) struct StoredMessage {
     /// The headers it was published with (the direct-get headers removed).
     pub(crate) headers: HeaderMap,
     pub(crate) payload: Bytes,
+    /// When the server stored it, microseconds since the Unix epoch, if the
+    /// server said.
+    pub(crate) stored_at_micros: Option<i64>,
 }
 
 /// What to fetch.
@@ -109,12 +112,92 @@ pub(crate) async fn direct_get(
             .get("Nats-Subject")
             .map(|value| value.as_str().to_owned())
             .unwrap_or_default();
+        let stored_at_micros = headers
+            .get("Nats-Time-Stamp")
+            .and_then(|value| micros_from_rfc3339_utc(value.as_str()));
         messages.push(StoredMessage {
             sequence,
             subject,
             headers,
             payload: reply.payload,
+            stored_at_micros,
         });
     }
     Ok(messages)
+}
+
+/// Microseconds since the Unix epoch of a UTC time as nats-server writes it
+/// (Go's RFC 3339 with nanoseconds, trailing zeros trimmed:
+/// `2026-11-25T21:53:00.12345Z`); `None` for any other shape.
+pub(crate) fn micros_from_rfc3339_utc(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' || bytes.last() != Some(&b'Z') {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = text.get(range)?;
+        if digits.bytes().all(|byte| byte.is_ascii_digit()) {
+            digits.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let fraction = &text[19..text.len() - 1];
+    let micros_fraction = if fraction.is_empty() {
+        0
+    } else {
+        let digits = fraction.strip_prefix('.')?;
+        if digits.is_empty()
+            || digits.len() > 9
+            || !digits.bytes().all(|byte| byte.is_ascii_digit())
+        {
+            return None;
+        }
+        let mut padded = digits.to_owned();
+        while padded.len() < 6 {
+            padded.push('0');
+        }
+        padded[..6].parse::<i64>().ok()?
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000_000 + micros_fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::micros_from_rfc3339_utc;
+
+    #[test]
+    fn server_timestamps_parse_to_microseconds() {
+        assert_eq!(micros_from_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            micros_from_rfc3339_utc("2026-11-25T21:53:00.123456789Z"),
+            Some(1_795_643_580_123_456)
+        );
+        assert_eq!(
+            micros_from_rfc3339_utc("2000-02-29T12:00:01.5Z"),
+            Some(951_825_601_500_000)
+        );
+        assert_eq!(micros_from_rfc3339_utc("2000-02-29T12:00:01.Z"), None);
+        assert_eq!(micros_from_rfc3339_utc("2000-02-29T12:00:01+01:00"), None);
+        assert_eq!(micros_from_rfc3339_utc("not a time"), None);
+    }
 }

@@ -7,8 +7,14 @@
 //! hundred MiB. A hash match is only a candidate; the caller reads the record
 //! at the position and compares the key, so a collision costs a read, never a
 //! wrong answer.
+//!
+//! The keys an instance appended itself need no reading back: the server's
+//! acknowledgement gives their positions, so they are recorded as "own" at
+//! once and the catch-up reads only the gaps between them (other writers'
+//! records). An own key past a gap waits in `own` until the gap is read, so
+//! the index still grows in log order without holes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -24,10 +30,13 @@ pub(crate) struct KeyIndex {
     more_with_hash: HashMap<u64, Vec<u64>>,
     /// When the last catch-up that completed started.
     last_catch_up: Option<Instant>,
+    /// Hashes of keys this instance stored itself past `through`, by position.
+    own: BTreeMap<u64, u64>,
 }
 
 impl KeyIndex {
     /// The position the index covers through.
+    #[cfg(test)]
     pub(crate) fn through(&self) -> u64 {
         self.through
     }
@@ -35,8 +44,12 @@ impl KeyIndex {
     /// Records the key of the record at `position`, which must be
     /// `through() + 1`: the index grows in log order, without holes.
     pub(crate) fn insert(&mut self, key: &str, position: u64) {
+        self.insert_hash(xxh3_64(key.as_bytes()), position);
+        self.take_own();
+    }
+
+    fn insert_hash(&mut self, hash: u64, position: u64) {
         debug_assert_eq!(position, self.through + 1, "the key index grows in order");
-        let hash = xxh3_64(key.as_bytes());
         match self.first_with_hash.entry(hash) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(position);
@@ -46,6 +59,53 @@ impl KeyIndex {
             }
         }
         self.through = position;
+    }
+
+    /// Records keys this instance just stored, with their positions (from
+    /// the server's acknowledgement), so no catch-up has to read them.
+    pub(crate) fn record_own<'k>(&mut self, stored: impl IntoIterator<Item = (u64, &'k str)>) {
+        for (position, key) in stored {
+            // At or below `through` a catch-up has already read it.
+            if position > self.through {
+                self.own.insert(position, xxh3_64(key.as_bytes()));
+            }
+        }
+        self.take_own();
+    }
+
+    /// Moves own keys that continue the index into it.
+    fn take_own(&mut self) {
+        while let Some(entry) = self.own.first_entry() {
+            let position = *entry.key();
+            if position <= self.through {
+                entry.remove();
+            } else if position == self.through + 1 {
+                let hash = entry.remove();
+                self.insert_hash(hash, position);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The ranges `(from, count)` of positions up to `head` that the index
+    /// neither covers nor holds as own keys: what a catch-up must read.
+    pub(crate) fn gaps(&self, head: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut next = self.through + 1;
+        if head < next {
+            return gaps;
+        }
+        for &position in self.own.range(next..=head).map(|(position, _)| position) {
+            if position > next {
+                gaps.push((next, position - next));
+            }
+            next = position + 1;
+        }
+        if head >= next {
+            gaps.push((next, head - next + 1));
+        }
+        gaps
     }
 
     /// The positions that may hold `key`, lowest first.
@@ -87,6 +147,54 @@ mod tests {
         assert_eq!(index.candidates("e-1"), vec![1, 3]);
         assert_eq!(index.candidates("e-2"), vec![2]);
         assert!(index.candidates("e-3").is_empty());
+    }
+
+    #[test]
+    fn own_keys_past_a_gap_wait_for_it_and_leave_only_the_gap_to_read() {
+        let mut index = KeyIndex::default();
+        index.insert("e-1", 1);
+        index.record_own([(4, "e-4"), (5, "e-5"), (7, "e-7")]);
+        assert_eq!(index.through(), 1);
+        assert_eq!(index.gaps(8), vec![(2, 2), (6, 1), (8, 1)]);
+        assert_eq!(index.gaps(5), vec![(2, 2)]);
+        assert!(index.gaps(1).is_empty() && index.gaps(0).is_empty());
+        index.insert("e-2", 2);
+        index.insert("e-3", 3);
+        assert_eq!(index.through(), 5, "own keys continuing the index join it");
+        assert_eq!(index.candidates("e-5"), vec![5]);
+        assert_eq!(index.gaps(7), vec![(6, 1)]);
+        index.insert("e-6", 6);
+        assert_eq!(index.through(), 7);
+        assert!(index.gaps(7).is_empty());
+        // Own keys a catch-up already read are ignored; ones continuing the
+        // index go straight in.
+        index.record_own([(7, "e-7"), (8, "e-8")]);
+        assert_eq!(index.through(), 8);
+        assert_eq!(index.candidates("e-7"), vec![7]);
+        assert_eq!(index.candidates("e-8"), vec![8]);
+    }
+
+    #[test]
+    fn an_index_of_own_keys_equals_one_read_from_the_log() {
+        // The same keys, once recorded from acknowledgements in any grouping
+        // and once inserted in order, give the same candidates.
+        let keys: Vec<String> = (1..=50).map(|n| format!("e-{}", n % 17)).collect();
+        let mut read = KeyIndex::default();
+        for (offset, key) in keys.iter().enumerate() {
+            read.insert(key, offset as u64 + 1);
+        }
+        let mut own = KeyIndex::default();
+        // Batches acknowledged out of order, one gap read by a catch-up.
+        own.record_own((21..=50).map(|position| (position, keys[position as usize - 1].as_str())));
+        own.record_own((1..=10).map(|position| (position, keys[position as usize - 1].as_str())));
+        assert_eq!(own.gaps(50), vec![(11, 10)]);
+        for position in 11..=20 {
+            own.insert(&keys[position as usize - 1], position);
+        }
+        assert_eq!(own.through(), 50);
+        for key in &keys {
+            assert_eq!(own.candidates(key), read.candidates(key), "{key}");
+        }
     }
 
     #[test]

@@ -15,11 +15,13 @@
 //! The global position is the stream sequence: the stream is created with no
 //! age or count limit, `deny_delete` and `deny_purge`, so sequences stay
 //! gap-free from 1. The key travels as the message id (`Nats-Msg-Id`), the
-//! principal and the append time (microseconds since the epoch, the appending
-//! client's clock) as `Toxaudit-Principal` and `Toxaudit-Recorded-At` (values
-//! %-escaped outside printable ASCII), and the stream is read back from the
-//! subject; the payload is the record's payload, untouched. Few headers keep
-//! appends fast: each one costs the server parsing time per message.
+//! principal as `Toxaudit-Principal` (values %-escaped outside printable
+//! ASCII); the stream is read back from the subject and the time the record
+//! was stored from the server's own timestamp of the message (records
+//! appended by earlier versions carry the client's time in
+//! `Toxaudit-Recorded-At`, which is read when present); the payload is the
+//! record's payload, untouched. Few, short headers keep appends fast: the
+//! server scans the header block once per header it looks for, per message.
 //!
 //! # Idempotency
 //!
@@ -33,7 +35,9 @@
 //!    every key → its positions; see `key_index.rs`), filled by a catch-up
 //!    that reads the `Nats-Msg-Id` headers (headers only) of the records after
 //!    the last one it indexed. Connecting catches up over the whole log.
-//!    Every append looks its keys up there first.
+//!    Every append looks its keys up there first. The keys of a batch this
+//!    instance stored go into the index from the acknowledgement (positions
+//!    and keys are known), so a catch-up reads only other writers' records.
 //!
 //! Why this is enough: an append trusts a miss in the index only if a
 //! catch-up *started* less than a quarter of the duplicate window ago
@@ -117,6 +121,8 @@ use subjects::{Subjects, from_header_value, header_value};
 /// and the record's metadata are one header.
 const KEY_HEADER: &str = "Nats-Msg-Id";
 const PRINCIPAL_HEADER: &str = "Toxaudit-Principal";
+/// Read only, from records appended before the stored time came from the
+/// server's own timestamp of the message.
 const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 
 /// The most messages nats-server accepts in one atomic batch.
@@ -415,14 +421,41 @@ impl JetStreamLog {
     async fn catch_up_locked(&self, index: &mut KeyIndex) -> Result<(), LogError> {
         let started = Instant::now();
         let head = self.head().await?;
-        if head > index.through() {
-            let from = index.through() + 1;
-            self.for_each_in_range(from, head - from + 1, true, |message| {
-                let key = header(&message.headers, KEY_HEADER, message.sequence)?;
-                index.insert(&key, message.sequence);
-                Ok(())
-            })
-            .await?;
+        // Only what other writers stored: this instance's own appends are in
+        // the index already (see `key_index.rs`).
+        for (from, count) in index.gaps(head) {
+            if count <= DIRECT_READ_MAX as u64 {
+                let messages = self
+                    .direct_events(Request::Range {
+                        from,
+                        max: count as usize,
+                    })
+                    .await?;
+                if messages.len() as u64 != count {
+                    return Err(LogError::Corrupt(format!(
+                        "expected {count} records from position {from}, the stream returned {}",
+                        messages.len()
+                    )));
+                }
+                for (offset, message) in messages.into_iter().enumerate() {
+                    if message.sequence != from + offset as u64 {
+                        return Err(LogError::Corrupt(format!(
+                            "expected position {} but the stream returned {}",
+                            from + offset as u64,
+                            message.sequence
+                        )));
+                    }
+                    let key = header(&message.headers, KEY_HEADER, message.sequence)?;
+                    index.insert(&key, message.sequence);
+                }
+            } else {
+                self.for_each_in_range(from, count, true, |message| {
+                    let key = header(&message.headers, KEY_HEADER, message.sequence)?;
+                    index.insert(&key, message.sequence);
+                    Ok(())
+                })
+                .await?;
+            }
         }
         index.caught_up(started);
         Ok(())
@@ -436,9 +469,11 @@ impl JetStreamLog {
     ) -> Result<HashMap<String, Record>, LogError> {
         let wanted: Vec<(String, Vec<u64>)> = {
             let index = self.inner.key_index.lock().await;
-            keys.map(|key| (key.to_owned(), index.candidates(key)))
-                .filter(|(_, candidates)| !candidates.is_empty())
-                .collect()
+            keys.filter_map(|key| {
+                let candidates = index.candidates(key);
+                (!candidates.is_empty()).then(|| (key.to_owned(), candidates))
+            })
+            .collect()
         };
         // One read per candidate, many in flight: a retried batch of a
         // thousand records must not cost a thousand round trips in a row.
@@ -588,32 +623,6 @@ impl JetStreamLog {
         }
     }
 
-    fn check_record(&self, record: &NewRecord) -> Result<(), LogError> {
-        if record.key.is_empty() {
-            return Err(LogError::Invalid(
-                "a record needs a non-empty key".to_owned(),
-            ));
-        }
-        if record.stream.is_empty() {
-            return Err(LogError::Invalid(format!(
-                "record {} needs a non-empty stream",
-                record.key
-            )));
-        }
-        let max_payload = self.inner.client.server_info().max_payload;
-        // Headers count against the server's max_payload too; leave them room.
-        let overhead =
-            512 + 3 * (record.key.len() + record.stream.len()) + 3 * record.principal.len();
-        if record.payload.len() + overhead > max_payload {
-            return Err(LogError::Invalid(format!(
-                "record {} of {} bytes is larger than the server allows ({max_payload} bytes with headers)",
-                record.key,
-                record.payload.len()
-            )));
-        }
-        Ok(())
-    }
-
     async fn try_append(
         &self,
         batch: &AppendBatch,
@@ -668,6 +677,17 @@ impl JetStreamLog {
                 Ok(positions) => positions,
                 Err(failure) => return Ok(Err(failure)),
             };
+            self.inner.key_index.lock().await.record_own(
+                new_records
+                    .iter()
+                    .zip(&positions)
+                    .filter_map(|(&index, outcome)| match outcome {
+                        AppendOutcome::Appended { position } => {
+                            Some((*position, records[index].key.as_str()))
+                        }
+                        AppendOutcome::Duplicate { .. } => None,
+                    }),
+            );
             for (&index, outcome) in new_records.iter().zip(positions) {
                 outcomes[index] = Some(outcome);
             }
@@ -695,15 +715,23 @@ impl JetStreamLog {
         batch: &AppendBatch,
         new_records: &[usize],
     ) -> Result<Result<Vec<AppendOutcome>, PublishFailure>, LogError> {
-        let recorded_at = now_micros().to_string();
+        // A batch usually has one principal: escape it once.
+        let mut principal: Option<(&str, String)> = None;
         let mut outgoing: Vec<Outgoing> = new_records
             .iter()
             .map(|&index| {
                 let record = &batch.records[index];
                 let mut headers = HeaderMap::new();
-                headers.insert(KEY_HEADER, header_value(&record.key).as_str());
-                headers.insert(PRINCIPAL_HEADER, header_value(&record.principal).as_str());
-                headers.insert(RECORDED_AT_HEADER, recorded_at.as_str());
+                headers.insert(KEY_HEADER, header_value(&record.key));
+                let escaped = match &principal {
+                    Some((raw, escaped)) if *raw == record.principal.as_str() => escaped.clone(),
+                    _ => {
+                        let escaped = header_value(&record.principal);
+                        principal = Some((record.principal.as_str(), escaped.clone()));
+                        escaped
+                    }
+                };
+                headers.insert(PRINCIPAL_HEADER, escaped);
                 Outgoing {
                     subject: self.inner.subjects.stream(&record.stream),
                     headers,
@@ -959,8 +987,10 @@ impl EventLog for JetStreamLog {
         if batch.records.is_empty() {
             return Ok(Vec::new());
         }
+        // Read once: `server_info` clones the whole server description.
+        let max_payload = self.inner.client.server_info().max_payload;
         for record in &batch.records {
-            self.check_record(record)?;
+            check_record(record, max_payload)?;
         }
         if self.inner.atomic && batch.records.len() > MAX_ATOMIC_BATCH {
             return Err(LogError::Invalid(format!(
@@ -1185,20 +1215,20 @@ async fn open_ordered(
 
 /// A message delivered by a consumer, in the shape a direct get gives.
 fn stored_from_consumer(message: jetstream::Message) -> Result<StoredMessage, LogError> {
-    let sequence = message
-        .info()
-        .map_err(|error| {
-            LogError::Corrupt(format!(
-                "a delivered message has no stream position: {error}"
-            ))
-        })?
-        .stream_sequence;
+    let info = message.info().map_err(|error| {
+        LogError::Corrupt(format!(
+            "a delivered message has no stream position: {error}"
+        ))
+    })?;
+    let sequence = info.stream_sequence;
+    let stored_at_micros = i64::try_from(info.published.unix_timestamp_nanos() / 1000).ok();
     let message = message.split().0;
     Ok(StoredMessage {
         sequence,
         subject: message.subject.to_string(),
         headers: message.headers.unwrap_or_default(),
         payload: message.payload,
+        stored_at_micros,
     })
 }
 
@@ -1258,6 +1288,30 @@ fn parse_answer(payload: &[u8]) -> Result<PublishAnswer, PublishFailure> {
     }
 }
 
+fn check_record(record: &NewRecord, max_payload: usize) -> Result<(), LogError> {
+    if record.key.is_empty() {
+        return Err(LogError::Invalid(
+            "a record needs a non-empty key".to_owned(),
+        ));
+    }
+    if record.stream.is_empty() {
+        return Err(LogError::Invalid(format!(
+            "record {} needs a non-empty stream",
+            record.key
+        )));
+    }
+    // Headers count against the server's max_payload too; leave them room.
+    let overhead = 512 + 3 * (record.key.len() + record.stream.len()) + 3 * record.principal.len();
+    if record.payload.len() + overhead > max_payload {
+        return Err(LogError::Invalid(format!(
+            "record {} of {} bytes is larger than the server allows ({max_payload} bytes with headers)",
+            record.key,
+            record.payload.len()
+        )));
+    }
+    Ok(())
+}
+
 fn wrong_version(stream: &str, expected: u64, actual: u64) -> LogError {
     let expected = if expected == 0 {
         ExpectedVersion::Empty
@@ -1284,13 +1338,20 @@ fn header(headers: &HeaderMap, name: &str, position: u64) -> Result<String, LogE
 
 fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, LogError> {
     let position = message.sequence;
-    let recorded_at_micros = header(&message.headers, RECORDED_AT_HEADER, position)?
-        .parse()
-        .map_err(|_| {
+    // Records appended before the server's own timestamp was used carry the
+    // appending client's time in a header; it stays what they were stored with.
+    let recorded_at_micros = match message.headers.get(RECORDED_AT_HEADER) {
+        Some(value) => value.as_str().parse().map_err(|_| {
             LogError::Corrupt(format!(
                 "the record at position {position} has a bad {RECORDED_AT_HEADER}"
             ))
-        })?;
+        })?,
+        None => message.stored_at_micros.ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "the record at position {position} has no time it was stored"
+            ))
+        })?,
+    };
     Ok(Record {
         position,
         recorded_at_micros,
@@ -1304,11 +1365,4 @@ fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, Lo
         principal: header(&message.headers, PRINCIPAL_HEADER, position)?,
         payload: message.payload,
     })
-}
-
-fn now_micros() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
