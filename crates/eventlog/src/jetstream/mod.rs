@@ -15,13 +15,16 @@
 //! The global position is the stream sequence: the stream is created with no
 //! age or count limit, `deny_delete` and `deny_purge`, so sequences stay
 //! gap-free from 1. The key travels as the message id (`Nats-Msg-Id`), the
-//! principal as `Toxaudit-Principal` (values %-escaped outside printable
-//! ASCII); the stream is read back from the subject and the time the record
-//! was stored from the server's own timestamp of the message (records
-//! appended by earlier versions carry the client's time in
-//! `Toxaudit-Recorded-At`, which is read when present); the payload is the
-//! record's payload, untouched. Few, short headers keep appends fast: the
-//! server scans the header block once per header it looks for, per message.
+//! principal and the append time (microseconds since the epoch, the appending
+//! client's clock) as `Toxaudit-Principal` and `Toxaudit-Recorded-At` (values
+//! %-escaped outside printable ASCII), and the stream is read back from the
+//! subject; the payload is the record's payload, untouched. Few headers keep
+//! appends fast: the server scans the header block once per header it looks
+//! for, per message. The append time stays a header rather than the server's
+//! timestamp of the message because a hub that sources the centres' streams
+//! stamps its copies with the time it sourced them: the header keeps a
+//! record's time the same everywhere. (A message without the header, which
+//! this backend never writes, reads with the server's timestamp.)
 //!
 //! # Idempotency
 //!
@@ -121,8 +124,6 @@ use subjects::{Subjects, from_header_value, header_value};
 /// and the record's metadata are one header.
 const KEY_HEADER: &str = "Nats-Msg-Id";
 const PRINCIPAL_HEADER: &str = "Toxaudit-Principal";
-/// Read only, from records appended before the stored time came from the
-/// server's own timestamp of the message.
 const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 
 /// The most messages nats-server accepts in one atomic batch.
@@ -715,6 +716,7 @@ impl JetStreamLog {
         batch: &AppendBatch,
         new_records: &[usize],
     ) -> Result<Result<Vec<AppendOutcome>, PublishFailure>, LogError> {
+        let recorded_at = now_micros().to_string();
         // A batch usually has one principal: escape it once.
         let mut principal: Option<(&str, String)> = None;
         let mut outgoing: Vec<Outgoing> = new_records
@@ -732,6 +734,7 @@ impl JetStreamLog {
                     }
                 };
                 headers.insert(PRINCIPAL_HEADER, escaped);
+                headers.insert(RECORDED_AT_HEADER, recorded_at.as_str());
                 Outgoing {
                     subject: self.inner.subjects.stream(&record.stream),
                     headers,
@@ -1338,8 +1341,6 @@ fn header(headers: &HeaderMap, name: &str, position: u64) -> Result<String, LogE
 
 fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, LogError> {
     let position = message.sequence;
-    // Records appended before the server's own timestamp was used carry the
-    // appending client's time in a header; it stays what they were stored with.
     let recorded_at_micros = match message.headers.get(RECORDED_AT_HEADER) {
         Some(value) => value.as_str().parse().map_err(|_| {
             LogError::Corrupt(format!(
@@ -1365,4 +1366,11 @@ fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, Lo
         principal: header(&message.headers, PRINCIPAL_HEADER, position)?,
         payload: message.payload,
     })
+}
+
+fn now_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
