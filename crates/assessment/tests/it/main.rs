@@ -1,8 +1,10 @@
 //! Assessment on a real (embedded) log with the in-process bus: given
-//! events in the log, when the service follows it, then each change of a
-//! patient's assessment is published once, with a replay-stable id, and a
-//! restart from the checkpoint publishes nothing it published before and
-//! folds no record at or before the checkpoint's position.
+//! events appended while the service follows the log, then each change of a
+//! patient's assessment is published once, with a replay-stable id; given
+//! events it catches up on, then it publishes the patient's latest
+//! assessment under the id a live follower gave it; and a restart from the
+//! checkpoint publishes nothing it published before and folds no record at
+//! or before the checkpoint's position.
 
 use std::{sync::Arc, time::Duration};
 
@@ -116,6 +118,43 @@ async fn run_until(
     Ok((events, progress.records_folded_here()))
 }
 
+/// Starts assessment on `log`, then appends `lines` one at a time, each once
+/// the service has published the derived event of the one before (every
+/// line here changes the assessment): a live follower, one record per chunk.
+async fn run_live(
+    log: Arc<dyn EventLog>,
+    checkpoints: &std::path::Path,
+    lines: &[String],
+) -> anyhow::Result<Vec<PatientAssessed>> {
+    let bus = DerivedBus::in_process();
+    let mut published = bus.follow().await?;
+    let secret = Arc::new(JwtSecret::from_bytes(SECRET)?);
+    let application = assessment::build(assessment::AssessmentConfig {
+        log: Arc::clone(&log),
+        bus,
+        secret,
+        grpc_address: "127.0.0.1:0".to_owned(),
+        tls: None,
+        checkpoint_directory: checkpoints.to_owned(),
+        rebuild: false,
+        parameters: RuleParameters::default(),
+    })
+    .await?;
+    let (trigger, shutdown) = Shutdown::new();
+    let task = tokio::spawn(application.run_until_stopped(shutdown));
+    let mut events = Vec::new();
+    for line in lines {
+        append(log.as_ref(), std::slice::from_ref(line)).await?;
+        let next = tokio::time::timeout(Duration::from_secs(20), published.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the bus closed"))??;
+        events.push(next);
+    }
+    trigger.trigger();
+    task.await??;
+    Ok(events)
+}
+
 #[tokio::test]
 async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -> anyhow::Result<()>
 {
@@ -126,10 +165,8 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
     )?);
     let checkpoints = directory.path().join("checkpoint");
     let lines = secondary_non_responder();
-    append(log.as_ref(), &lines).await?;
 
-    let (first, folded) = run_until(Arc::clone(&log), &checkpoints, 7).await?;
-    assert_eq!(folded, 7);
+    let first = run_live(Arc::clone(&log), &checkpoints, &lines).await?;
     // Registration, each cycle and each rating changes the assessment.
     let positions: Vec<_> = first.iter().map(|event| event.source_position).collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5, 6, 7]);
@@ -166,5 +203,60 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
     let positions: Vec<_> = third.iter().map(|event| event.source_position).collect();
     assert_eq!(positions, vec![9]);
     assert_eq!(third[0].classification, "not_snr");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_catch_up_publishes_the_latest_assessment_under_the_live_id() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let checkpoints = directory.path().join("checkpoint");
+    let mut lines = secondary_non_responder();
+    // Changes nothing (a resistance test before the SNR onset, then the
+    // same rating again): the latest assessment is still that of 7.
+    lines.push(line(
+        "e-8",
+        "L-1",
+        "2019-05-20",
+        r#""type":"resistance_tested","method":"frontalis","result":"negative""#,
+    ));
+    lines.push(line(
+        "e-9",
+        "L-1",
+        "2019-08-19",
+        &rating("e-6", "suboptimal"),
+    ));
+
+    let live_log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
+        directory.path().join("live"),
+        EmbeddedOptions::default(),
+    )?);
+    let live = run_live(
+        Arc::clone(&live_log),
+        &checkpoints.join("live"),
+        &lines[..7],
+    )
+    .await?;
+    append(live_log.as_ref(), &lines[7..]).await?;
+    let (after, _) = run_until(live_log, &checkpoints.join("live"), 9).await?;
+    assert!(after.is_empty(), "{after:?}");
+
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
+        directory.path().join("log"),
+        EmbeddedOptions::default(),
+    )?);
+    append(log.as_ref(), &lines).await?;
+    let (caught_up, folded) = run_until(log, &checkpoints.join("catch-up"), 9).await?;
+    assert_eq!(folded, 9);
+    // However the nine records were chunked, what is published is what the
+    // live follower published under the same ids, ending with position 7.
+    assert!(!caught_up.is_empty());
+    for event in &caught_up {
+        let same_id = live
+            .iter()
+            .find(|published| published.source_position == event.source_position);
+        assert_eq!(Some(event), same_id);
+    }
+    assert_eq!(caught_up.last(), live.last());
+    assert_eq!(caught_up.last().map(|event| event.source_position), Some(7));
     Ok(())
 }
