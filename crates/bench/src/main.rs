@@ -316,9 +316,10 @@ fn ingest_embedded_line(figures: &ingest::IngestFigures) -> Line {
     .baseline("raw append", figures.raw_events_per_second())
     .target(">= 100k events/s", rate >= 100_000.0)
     .note(format!(
-        "{} events, Ingest.Append batches of {}, each acked after fsync; raw = EmbeddedLog::append of the same records",
+        "{} events, Ingest.Append batches of {}, each acked after fsync; raw = EmbeddedLog::append of the same records; {}",
         figures.events,
-        ingest::BATCH
+        ingest::BATCH,
+        figures.breakdown()
     ))
 }
 
@@ -333,8 +334,9 @@ fn ingest_jetstream_line(figures: &ingest::IngestFigures) -> Line {
     .baseline("raw js publish", figures.raw_events_per_second());
     let met = line.ratio.is_some_and(|ratio| ratio >= 0.70);
     line.target(">= 70% of raw publish", met).note(format!(
-        "{} events; raw = async-nats publish of the same payloads, acks of each 1000 awaited",
-        figures.events
+        "{} events; raw = async-nats publish of the same payloads, acks of each 1000 awaited; {}",
+        figures.events,
+        figures.breakdown()
     ))
 }
 

@@ -1,6 +1,10 @@
 //! The ingest service's projection: the admission state of the log (every
 //! event id, registration and live injection; see `domain::admission`),
-//! kept up to date by reading the log after every append, and checkpointed
+//! kept up to date from the batches ingest appends itself (admitted into the
+//! state before the append, placed at the positions the append returns) and
+//! by reading from the log only what other writers appended (a gap before
+//! an appended batch, or past the state's position before the next
+//! admission), and checkpointed
 //! as a snapshot (the admission state and each stream's last position) so a
 //! restart resumes after the checkpoint instead of refolding from position 1.
 //! A snapshot is never taken while the state holds events of a batch that
@@ -90,12 +94,11 @@ impl Admitted {
     }
 }
 
-/// One event of a batch after admission.
+/// One event of a refused batch after admission.
 #[derive(Debug)]
 pub(crate) struct EventVerdict {
     pub(crate) event_id: String,
     pub(crate) verdict: Verdict,
-    pub(crate) event: Option<Event>,
 }
 
 /// The outcome of one appended event, for the response.
@@ -156,7 +159,8 @@ impl AdmissionState {
     }
 
     /// Brings the state up to the log's head (restoring it from the
-    /// checkpoint first when a refused batch left it stale).
+    /// checkpoint first when a refused batch left it stale). Asks the log
+    /// for its head first: when nobody else wrote, that is all it costs.
     async fn catch_up(&self, admitted: &mut Admitted) -> Result<(), ServiceError> {
         if admitted.stale {
             // Start over from what the log really holds: the checkpoint's
@@ -177,16 +181,38 @@ impl AdmissionState {
                 "admission state restored from its checkpoint after a batch that was not appended"
             );
         }
-        loop {
+        let head = self.log.head().await.map_err(ServiceError::from)?;
+        self.fold_from_log(admitted, head).await
+    }
+
+    /// Reads the log after the state's position up to `through` and folds
+    /// every record of it: what other writers appended.
+    async fn fold_from_log(
+        &self,
+        admitted: &mut Admitted,
+        through: u64,
+    ) -> Result<(), ServiceError> {
+        while admitted.position < through {
+            let missing = usize::try_from(through - admitted.position).unwrap_or(usize::MAX);
             let records = self
                 .log
-                .read(admitted.position + 1, CATCH_UP_CHUNK)
+                .read(admitted.position + 1, missing.min(CATCH_UP_CHUNK))
                 .await
                 .map_err(ServiceError::from)?;
             if records.is_empty() {
-                return Ok(());
+                return Err(ServiceError::Internal(format!(
+                    "log positions {} to {through} cannot be read back",
+                    admitted.position + 1
+                )));
             }
             for record in &records {
+                if record.position != admitted.position + 1 || record.position > through {
+                    return Err(ServiceError::Internal(format!(
+                        "the log returned position {} where {} was due",
+                        record.position,
+                        admitted.position + 1
+                    )));
+                }
                 admitted.fold(record).map_err(|reason| {
                     ServiceError::Internal(format!(
                         "cannot read back log position {}: {reason}",
@@ -195,6 +221,7 @@ impl AdmissionState {
                 })?;
             }
         }
+        Ok(())
     }
 
     /// Admits a batch: every event checked as if the ones before it were
@@ -215,24 +242,36 @@ impl AdmissionState {
     ) -> Result<Vec<Stored>, AdmitError> {
         let mut attempt = 1;
         loop {
-            match self.admit_once(parsed.clone(), writer, principal).await {
+            match self.admit_once(&parsed, writer, principal).await {
                 Err(AdmitError::Service(ServiceError::Aborted(reason)))
                     if attempt < ATTEMPTS_ON_CONFLICT =>
                 {
                     tracing::warn!(%reason, attempt, "append refused on a stream version, admitting again");
                     attempt += 1;
                 }
-                outcome => return outcome,
+                Ok(placed) => {
+                    return Ok(parsed
+                        .into_iter()
+                        .zip(placed)
+                        .map(|((event_id, _), placed)| Stored {
+                            event_id,
+                            position: placed.position,
+                            duplicate: placed.duplicate,
+                            warnings: placed.warnings,
+                        })
+                        .collect());
+                }
+                Err(error) => return Err(error),
             }
         }
     }
 
     async fn admit_once(
         &self,
-        parsed: Vec<(String, Result<Event, domain::Refusal>)>,
+        parsed: &[(String, Result<Event, domain::Refusal>)],
         writer: &WriterScope,
         principal: &str,
-    ) -> Result<Vec<Stored>, AdmitError> {
+    ) -> Result<Vec<Placed>, AdmitError> {
         let mut admitted = self.state.lock().await;
         if let Err(error) = self.catch_up(&mut admitted).await {
             return Err(AdmitError::Service(error));
@@ -241,62 +280,69 @@ impl AdmissionState {
         let mut applied_any = false;
         let mut failed = false;
         for (event_id, event) in parsed {
-            let verdict = match &event {
+            let verdict = match event {
                 Ok(event) => admitted.admission.check_and_apply(event, writer),
                 Err(_) => admitted
                     .admission
-                    .check_parsed(Some(&event_id), &event, writer),
+                    .check_parsed(Some(event_id), event, writer),
             };
             applied_any |= matches!(verdict, Verdict::Accepted { .. });
             failed |= !verdict.is_success();
-            verdicts.push(EventVerdict {
-                event_id,
-                verdict,
-                event: event.ok(),
-            });
+            verdicts.push(verdict);
         }
         if failed {
             admitted.stale |= applied_any;
-            return Err(AdmitError::Refused(verdicts));
+            return Err(AdmitError::Refused(
+                parsed
+                    .iter()
+                    .zip(verdicts)
+                    .map(|((event_id, _), verdict)| EventVerdict {
+                        event_id: event_id.clone(),
+                        verdict,
+                    })
+                    .collect(),
+            ));
         }
         // One record per event id: an event repeated within the batch is a
         // duplicate of its first occurrence and is not sent to the log again.
         let mut records = Vec::with_capacity(verdicts.len());
         let mut record_of_event = Vec::with_capacity(verdicts.len());
-        let mut first_record: HashMap<String, usize> = HashMap::new();
+        let mut first_record: HashMap<&str, usize> = HashMap::with_capacity(verdicts.len());
         let mut expectations: HashMap<String, ExpectedVersion> = HashMap::new();
-        for judged in &verdicts {
-            let Some(event) = &judged.event else {
+        for ((event_id, event), verdict) in parsed.iter().zip(&verdicts) {
+            let Ok(event) = event else {
                 admitted.stale |= applied_any;
                 return Err(AdmitError::Service(ServiceError::Internal(format!(
-                    "event {} was admitted without being valid",
-                    judged.event_id
+                    "event {event_id} was admitted without being valid"
                 ))));
             };
-            if let Some(&index) = first_record.get(&judged.event_id) {
+            if let Some(&index) = first_record.get(event_id.as_str()) {
                 record_of_event.push((index, true));
                 continue;
             }
             let stream = stream_of(event);
-            if matches!(judged.verdict, Verdict::Accepted { .. }) {
+            if matches!(verdict, Verdict::Accepted { .. }) && !expectations.contains_key(&stream) {
                 let version = admitted.stream_versions.get(&stream).copied().unwrap_or(0);
-                expectations
-                    .entry(stream.clone())
-                    .or_insert(if version == 0 {
+                expectations.insert(
+                    stream.clone(),
+                    if version == 0 {
                         ExpectedVersion::Empty
                     } else {
                         ExpectedVersion::At(version)
-                    });
+                    },
+                );
             }
-            first_record.insert(judged.event_id.clone(), records.len());
+            first_record.insert(event_id, records.len());
             record_of_event.push((records.len(), false));
             records.push(NewRecord {
-                key: judged.event_id.clone(),
+                key: event_id.clone(),
                 stream,
                 principal: principal.to_owned(),
                 payload: proto::convert::encode_event(event),
             });
         }
+        // The streams, to fold the appended records' positions in below.
+        let streams: Vec<String> = records.iter().map(|record| record.stream.clone()).collect();
         let mut batch = AppendBatch::new(records);
         batch.expectations = expectations.into_iter().collect();
         let outcomes = match self.log.append(batch).await {
@@ -306,80 +352,90 @@ impl AdmissionState {
                 return Err(AdmitError::Service(ServiceError::from(error)));
             }
         };
-        // The admission already holds this batch's new events: read the log
-        // up to its new head, folding only what someone else wrote.
-        let ours: std::collections::HashSet<u64> = outcomes
-            .iter()
-            .filter_map(|outcome| match outcome {
-                AppendOutcome::Appended { position } => Some(*position),
-                AppendOutcome::Duplicate { .. } => None,
-            })
-            .collect();
-        if let Err(error) = self.skip_our_own(&mut admitted, &ours).await {
+        if outcomes.len() != streams.len() {
+            admitted.stale = true;
+            return Err(AdmitError::Service(ServiceError::Internal(format!(
+                "the log answered {} outcomes for {} records",
+                outcomes.len(),
+                streams.len()
+            ))));
+        }
+        // The admission already holds this batch's new events: fold in their
+        // positions from the outcomes, and read from the log only what
+        // someone else appended before them.
+        if let Err(error) = self.fold_appended(&mut admitted, &streams, &outcomes).await {
             admitted.stale = true;
             return Err(AdmitError::Service(error));
         }
-        let mut stored = Vec::with_capacity(verdicts.len());
-        for (judged, (record, repeated)) in verdicts.into_iter().zip(record_of_event) {
-            let Some(outcome) = outcomes.get(record) else {
-                return Err(AdmitError::Service(ServiceError::Internal(format!(
-                    "the log answered {} outcomes for {} records",
-                    outcomes.len(),
-                    record + 1
-                ))));
-            };
-            stored.push(Stored {
-                event_id: judged.event_id,
+        let mut placed = Vec::with_capacity(verdicts.len());
+        for (verdict, (record, repeated)) in verdicts.into_iter().zip(record_of_event) {
+            // In range: every record index is below records.len(), which
+            // equals outcomes.len() (checked above).
+            let outcome = outcomes[record];
+            placed.push(Placed {
                 position: outcome.position(),
                 duplicate: repeated || matches!(outcome, AppendOutcome::Duplicate { .. }),
-                warnings: match judged.verdict {
+                warnings: match verdict {
                     Verdict::Accepted { warnings } if !repeated => warnings,
                     _ => Vec::new(),
                 },
             });
         }
-        Ok(stored)
+        Ok(placed)
     }
 
-    /// After an append: reads the log past the state's position, folding
-    /// the records not in `ours` (those are in the state already).
-    async fn skip_our_own(
+    /// After an append: the state's admission holds the batch's new events
+    /// already, so only their positions and streams are folded in, from the
+    /// log's outcomes. Positions between the state's and an appended one
+    /// are another writer's (appended after our catch-up): those, and only
+    /// those, are read from the log and folded. A record that came back a
+    /// duplicate is not ours to place (its position, if past ours, is
+    /// folded from the log by the next catch-up).
+    async fn fold_appended(
         &self,
         admitted: &mut Admitted,
-        ours: &std::collections::HashSet<u64>,
+        streams: &[String],
+        outcomes: &[AppendOutcome],
     ) -> Result<(), ServiceError> {
-        let Some(&last_ours) = ours.iter().max() else {
-            return Ok(());
-        };
-        while admitted.position < last_ours {
-            let records = self
-                .log
-                .read(admitted.position + 1, CATCH_UP_CHUNK)
-                .await
-                .map_err(ServiceError::from)?;
-            if records.is_empty() {
+        let mut ours: Vec<(u64, &str)> = outcomes
+            .iter()
+            .zip(streams)
+            .filter_map(|(outcome, stream)| match outcome {
+                AppendOutcome::Appended { position } => Some((*position, stream.as_str())),
+                AppendOutcome::Duplicate { .. } => None,
+            })
+            .collect();
+        // Batch order is position order on both backends; sorting costs
+        // nothing then and keeps the fold right if a backend ever differs.
+        ours.sort_unstable_by_key(|(position, _)| *position);
+        for (position, stream) in ours {
+            if position <= admitted.position {
                 return Err(ServiceError::Internal(format!(
-                    "appended position {last_ours} cannot be read back"
+                    "the log placed an appended record at {position}, at or before position {} already folded",
+                    admitted.position
                 )));
             }
-            for record in &records {
-                if ours.contains(&record.position) {
-                    admitted.position = record.position;
-                    admitted
-                        .stream_versions
-                        .insert(record.stream.clone(), record.position);
-                } else {
-                    admitted.fold(record).map_err(|reason| {
-                        ServiceError::Internal(format!(
-                            "cannot read back log position {}: {reason}",
-                            record.position
-                        ))
-                    })?;
+            if position > admitted.position + 1 {
+                self.fold_from_log(admitted, position - 1).await?;
+            }
+            admitted.position = position;
+            match admitted.stream_versions.get_mut(stream) {
+                Some(version) => *version = position,
+                None => {
+                    admitted.stream_versions.insert(stream.to_owned(), position);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Where one event of an appended batch ended up, in batch order.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    position: u64,
+    duplicate: bool,
+    warnings: Vec<FieldError>,
 }
 
 /// Why a batch was not appended.
@@ -389,4 +445,393 @@ pub(crate) enum AdmitError {
     Refused(Vec<EventVerdict>),
     /// Not about the events: the log is unavailable, someone wrote first, a bug.
     Service(ServiceError),
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state after folding an appended batch from the batch itself (and
+    //! the log only for others' records) is the state a full catch-up from
+    //! the log gives: with nobody else writing, with another writer
+    //! appending between ingest's catch-up and its append, and when that
+    //! writer moved a stream of the batch (the retry).
+
+    use std::{future::Future, pin::Pin, sync::Mutex};
+
+    use domain::ClinicalDate;
+    use eventlog::{EmbeddedLog, EmbeddedOptions, LogError};
+    use futures::stream::BoxStream;
+    use proto::v1::{self, event::Body};
+
+    use super::*;
+
+    type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
+
+    /// A log on which "another writer" appends its queued batch just before
+    /// ingest's next append reaches the log: after ingest's catch-up.
+    #[derive(Debug)]
+    struct Interleaving {
+        inner: Arc<dyn EventLog>,
+        before_next_append: Mutex<Option<AppendBatch>>,
+    }
+
+    impl Interleaving {
+        fn queue(&self, batch: AppendBatch) {
+            *self.before_next_append.lock().expect("not poisoned") = Some(batch);
+        }
+    }
+
+    // Written out as `async_trait` expands it (the crate does not depend on it).
+    impl EventLog for Interleaving {
+        fn append<'life0, 'async_trait>(
+            &'life0 self,
+            batch: AppendBatch,
+        ) -> LogFuture<'async_trait, Vec<AppendOutcome>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                let queued = self.before_next_append.lock().expect("not poisoned").take();
+                if let Some(other) = queued {
+                    self.inner.append(other).await?;
+                }
+                self.inner.append(batch).await
+            })
+        }
+
+        fn read<'life0, 'async_trait>(
+            &'life0 self,
+            from: u64,
+            max: usize,
+        ) -> LogFuture<'async_trait, Vec<Record>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.read(from, max)
+        }
+
+        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.head()
+        }
+
+        fn stream_version<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            stream: &'life1 str,
+        ) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.stream_version(stream)
+        }
+
+        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
+            self.inner.tail(from)
+        }
+    }
+
+    fn today() -> ClinicalDate {
+        ClinicalDate::from_ymd(2026, 1, 1).expect("a date")
+    }
+
+    fn message(event_id: &str, patient: &str, occurred_on: &str, body: Body) -> v1::Event {
+        v1::Event {
+            event_id: event_id.to_owned(),
+            centre: "leeds".to_owned(),
+            patient: patient.to_owned(),
+            occurred_on: occurred_on.to_owned(),
+            body: Some(body),
+        }
+    }
+
+    fn registered(event_id: &str, patient: &str) -> v1::Event {
+        message(
+            event_id,
+            patient,
+            "2020-01-06",
+            Body::PatientRegistered(v1::PatientRegistered::default()),
+        )
+    }
+
+    fn injected(event_id: &str, patient: &str, occurred_on: &str) -> v1::Event {
+        message(
+            event_id,
+            patient,
+            occurred_on,
+            Body::InjectionAdministered(v1::InjectionAdministered {
+                product: "onabotulinumtoxinA".to_owned(),
+                total_units: 200,
+                guidance: "emg".to_owned(),
+                muscles: vec![v1::MuscleDose {
+                    muscle: "sternocleidomastoid".to_owned(),
+                    side: "left".to_owned(),
+                    units: 200,
+                }],
+            }),
+        )
+    }
+
+    fn voided(event_id: &str, patient: &str, target: &str) -> v1::Event {
+        message(
+            event_id,
+            patient,
+            "2020-04-01",
+            Body::EventVoided(v1::EventVoided {
+                target_event_id: target.to_owned(),
+                reason: "entered in error".to_owned(),
+            }),
+        )
+    }
+
+    fn event(message: v1::Event) -> Event {
+        proto::convert::event_from_proto(message, today()).expect("a valid test event")
+    }
+
+    fn parsed(messages: Vec<v1::Event>) -> Vec<(String, Result<Event, domain::Refusal>)> {
+        messages
+            .into_iter()
+            .map(|message| {
+                let event_id = message.event_id.clone();
+                (event_id, proto::convert::event_from_proto(message, today()))
+            })
+            .collect()
+    }
+
+    /// The records another writer (the CLI, a second ingest) appends.
+    fn other_writer(messages: Vec<v1::Event>) -> AppendBatch {
+        AppendBatch::new(
+            messages
+                .into_iter()
+                .map(|message| {
+                    let event = event(message);
+                    NewRecord {
+                        key: event.event_id.as_str().to_owned(),
+                        stream: stream_of(&event),
+                        principal: "another writer".to_owned(),
+                        payload: proto::convert::encode_event(&event),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    struct Fixture {
+        _directory: tempfile::TempDir,
+        log: Arc<Interleaving>,
+        state: AdmissionState,
+    }
+
+    async fn fixture() -> Fixture {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let inner: Arc<dyn EventLog> = Arc::new(
+            EmbeddedLog::open(directory.path().join("log"), EmbeddedOptions::default())
+                .expect("an embedded log"),
+        );
+        let log = Arc::new(Interleaving {
+            inner,
+            before_next_append: Mutex::new(None),
+        });
+        let (checkpointer, restored) = Checkpointer::open(
+            &directory.path().join("checkpoint"),
+            "ingest",
+            true,
+            |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
+        )
+        .await
+        .expect("a checkpointer");
+        assert!(restored.is_none());
+        let state = AdmissionState::new(
+            Arc::clone(&log) as Arc<dyn EventLog>,
+            checkpointer,
+            Admitted::default(),
+        );
+        Fixture {
+            _directory: directory,
+            log,
+            state,
+        }
+    }
+
+    /// The state a catch-up from position 1 gives.
+    async fn folded_from_the_log(log: &dyn EventLog) -> Admitted {
+        let mut reference = Admitted::default();
+        for record in log.read(1, usize::MAX).await.expect("the log reads") {
+            reference.fold(&record).expect("a stored event decodes");
+        }
+        reference
+    }
+
+    /// Events whose verdicts depend on everything admission knows: every
+    /// stored event again (duplicate), every patient registered again and
+    /// injected again (refused or accepted, with warnings from its live
+    /// injections), and every injection voided (refused once voided).
+    async fn probes(log: &dyn EventLog) -> Vec<Event> {
+        let records = log.read(1, usize::MAX).await.expect("the log reads");
+        let mut probes = Vec::new();
+        for record in &records {
+            let stored = decode_event(&record.payload).expect("a stored event decodes");
+            let patient = stored.patient.as_str().to_owned();
+            probes.push(event(registered("probe-registration", &patient)));
+            probes.push(event(injected("probe-injection", &patient, "2020-03-02")));
+            probes.push(event(voided(
+                "probe-void",
+                &patient,
+                stored.event_id.as_str(),
+            )));
+            probes.push(stored);
+        }
+        probes
+    }
+
+    async fn assert_same_as_a_full_catch_up(fixture: &Fixture, exact: bool) {
+        let ours = fixture.state.state.lock().await;
+        let reference = folded_from_the_log(fixture.log.as_ref()).await;
+        assert!(!ours.stale);
+        assert_eq!(ours.position, reference.position);
+        assert_eq!(ours.stream_versions, reference.stream_versions);
+        assert_eq!(
+            ours.admission.event_count(),
+            reference.admission.event_count()
+        );
+        for probe in probes(fixture.log.as_ref()).await {
+            assert_eq!(
+                ours.admission.check(&probe, &WriterScope::AnyCentre),
+                reference.admission.check(&probe, &WriterScope::AnyCentre),
+                "{probe:?}"
+            );
+        }
+        if exact {
+            // Folded in the same order: the very same state, byte for byte.
+            assert_eq!(
+                encode(&ours.admission.snapshot()).expect("encodes"),
+                encode(&reference.admission.snapshot()).expect("encodes")
+            );
+        }
+    }
+
+    async fn admit(fixture: &Fixture, messages: Vec<v1::Event>) -> Vec<Stored> {
+        fixture
+            .state
+            .admit_and_append(parsed(messages), &WriterScope::AnyCentre, "ingest")
+            .await
+            .unwrap_or_else(|error| panic!("the batch was not appended: {error:?}"))
+    }
+
+    #[tokio::test]
+    async fn with_nobody_else_writing_the_state_is_the_full_catch_up_exactly() {
+        let fixture = fixture().await;
+        let stored = admit(
+            &fixture,
+            vec![
+                registered("e-1", "L-1"),
+                injected("e-2", "L-1", "2020-02-01"),
+                registered("e-3", "L-2"),
+                registered("e-3", "L-2"),
+            ],
+        )
+        .await;
+        let placed: Vec<_> = stored
+            .iter()
+            .map(|stored| (stored.position, stored.duplicate))
+            .collect();
+        assert_eq!(placed, vec![(1, false), (2, false), (3, false), (3, true)]);
+        admit(
+            &fixture,
+            vec![voided("e-4", "L-1", "e-2"), registered("e-1", "L-1")],
+        )
+        .await;
+        assert_same_as_a_full_catch_up(&fixture, true).await;
+        // Nothing was read back from the log: every record was ingest's own.
+        assert_eq!(fixture.state.records_folded_here().await, 0);
+    }
+
+    #[tokio::test]
+    async fn another_writer_appending_between_catch_up_and_append_is_folded_from_the_log() {
+        let fixture = fixture().await;
+        admit(
+            &fixture,
+            vec![
+                registered("e-1", "L-1"),
+                injected("e-2", "L-1", "2020-02-01"),
+            ],
+        )
+        .await;
+        // Before ingest's catch-up: read by the catch-up.
+        fixture
+            .log
+            .inner
+            .append(other_writer(vec![
+                registered("o-1", "L-3"),
+                injected("o-2", "L-3", "2020-02-01"),
+            ]))
+            .await
+            .expect("the other writer appends");
+        // After ingest's catch-up, before its append: the gap.
+        fixture.log.queue(other_writer(vec![
+            registered("o-3", "L-4"),
+            injected("o-4", "L-4", "2020-02-03"),
+            voided("o-5", "L-3", "o-2"),
+        ]));
+        let stored = admit(
+            &fixture,
+            vec![
+                injected("e-5", "L-1", "2020-05-01"),
+                registered("e-6", "L-5"),
+                voided("e-7", "L-1", "e-2"),
+            ],
+        )
+        .await;
+        let positions: Vec<_> = stored.iter().map(|stored| stored.position).collect();
+        assert_eq!(positions, vec![8, 9, 10]);
+        // Ours were admitted before the gap's records were seen, so the
+        // state's internal order differs; what admission decides does not.
+        assert_same_as_a_full_catch_up(&fixture, false).await;
+        assert_eq!(fixture.state.records_folded_here().await, 5);
+
+        // And the next batch, with nobody in between, keeps it so.
+        admit(
+            &fixture,
+            vec![
+                registered("e-8", "L-6"),
+                injected("e-9", "L-4", "2020-06-01"),
+            ],
+        )
+        .await;
+        assert_same_as_a_full_catch_up(&fixture, false).await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_moved_by_another_writer_is_admitted_again_against_the_log() {
+        let fixture = fixture().await;
+        admit(&fixture, vec![registered("e-1", "L-1")]).await;
+        // The other writer registers L-2 after ingest's catch-up: ingest's
+        // batch expects L-2's stream empty, the log refuses it, and ingest
+        // admits it again from the log's state: now a duplicate.
+        fixture
+            .log
+            .queue(other_writer(vec![registered("o-1", "L-2")]));
+        let stored = admit(
+            &fixture,
+            vec![
+                registered("o-1", "L-2"),
+                injected("e-2", "L-2", "2020-02-01"),
+                injected("e-3", "L-1", "2020-02-01"),
+            ],
+        )
+        .await;
+        let placed: Vec<_> = stored
+            .iter()
+            .map(|stored| (stored.position, stored.duplicate))
+            .collect();
+        assert_eq!(placed, vec![(2, true), (3, false), (4, false)]);
+        // Restored (from nothing) and caught up from the log, then admitted
+        // in log order: the same state exactly.
+        assert_same_as_a_full_catch_up(&fixture, true).await;
+    }
 }
