@@ -24,6 +24,8 @@
 //! share a 60-bit hash is below one in 10^10 even for a patient with 10,000
 //! events.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -221,17 +223,75 @@ impl Reader<'_> {
 /// One patient's history as the audit keeps it (see the module header).
 /// Registrations and voids are folded in rather than stored: a registration
 /// sets a flag, a void sets its target's voided flag.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// The buffers are behind an [`Arc`], so cloning a log (which is what
+/// [`crate::audit::Cohort::snapshot`] does for every patient) copies no
+/// event: a checkpoint of 10M events would otherwise hold a second copy of
+/// the whole cohort while it is encoded. A log changed while a snapshot
+/// still shares its buffers copies them first (copy on write).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct PatientLog {
     pub registered: bool,
-    /// One word per stored event: id hash, voided flag, kind.
-    words: Vec<u64>,
-    /// Every stored event's fields, in order, variable-length encoded.
-    fields: Vec<u8>,
     /// The last stored event's day and position, which the next one's are
     /// encoded against (0 before the first).
     last_day: i32,
     last_position: u64,
+    buffers: Arc<Buffers>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Buffers {
+    /// One word per stored event: id hash, voided flag, kind.
+    words: Vec<u64>,
+    /// Every stored event's fields, in order, variable-length encoded.
+    fields: Vec<u8>,
+}
+
+/// A log as a snapshot stores it (borrowed to write, owned to read).
+#[derive(Serialize)]
+struct StoredLogRef<'a> {
+    registered: bool,
+    words: &'a [u64],
+    fields: &'a [u8],
+    last_day: i32,
+    last_position: u64,
+}
+
+#[derive(Deserialize)]
+struct StoredLog {
+    registered: bool,
+    words: Vec<u64>,
+    fields: Vec<u8>,
+    last_day: i32,
+    last_position: u64,
+}
+
+impl Serialize for PatientLog {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredLogRef {
+            registered: self.registered,
+            words: &self.buffers.words,
+            fields: &self.buffers.fields,
+            last_day: self.last_day,
+            last_position: self.last_position,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PatientLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = StoredLog::deserialize(deserializer)?;
+        Ok(Self {
+            registered: stored.registered,
+            last_day: stored.last_day,
+            last_position: stored.last_position,
+            buffers: Arc::new(Buffers {
+                words: stored.words,
+                fields: stored.fields,
+            }),
+        })
+    }
 }
 
 impl PatientLog {
@@ -250,8 +310,9 @@ impl PatientLog {
             EventBody::EventVoided(void) => {
                 let target_hash = id_hash(&void.target_event_id);
                 return match self.find(target_hash, |_| true) {
-                    Some(index) if self.words[index] & VOIDED_FLAG == 0 => {
-                        self.words[index] |= VOIDED_FLAG;
+                    Some(index) if self.buffers.words[index] & VOIDED_FLAG == 0 => {
+                        let buffers = Arc::make_mut(&mut self.buffers);
+                        buffers.words[index] |= VOIDED_FLAG;
                         true
                     }
                     _ => false,
@@ -282,7 +343,7 @@ impl PatientLog {
                 if u32::try_from(index).is_err() {
                     return false;
                 }
-                let back = (self.words.len() - index) as u64;
+                let back = (self.buffers.words.len() - index) as u64;
                 (
                     Kind::Response,
                     Payload::Varint(back << 2 | u64::from(code_of(Rating::ALL, response.rating))),
@@ -299,64 +360,88 @@ impl PatientLog {
             EventBody::TreatmentDiscontinued(_) => (Kind::Discontinued, Payload::Nothing),
         };
 
+        let (last_day, last_position) = (self.last_day, self.last_position);
+        let buffers = self.buffers_mut();
         // Grow by a quarter rather than double: across 100k patients the
         // slack of doubling would be a third of the cohort's memory. The
         // minimum steps (8 words, 128 bytes: about 8 events) keep a short
         // history from being reallocated at every other event.
-        if self.words.len() == self.words.capacity() {
-            self.words.reserve_exact((self.words.len() / 4).max(8));
+        if buffers.words.len() == buffers.words.capacity() {
+            buffers
+                .words
+                .reserve_exact((buffers.words.len() / 4).max(8));
         }
-        if self.fields.capacity() - self.fields.len() < MAX_FIELDS_BYTES {
-            self.fields.reserve_exact((self.fields.len() / 4).max(128));
+        if buffers.fields.capacity() - buffers.fields.len() < MAX_FIELDS_BYTES {
+            buffers
+                .fields
+                .reserve_exact((buffers.fields.len() / 4).max(128));
         }
         let day = event.occurred_on.days_since_epoch();
         put_varint(
-            &mut self.fields,
-            zigzag(i64::from(day) - i64::from(self.last_day)),
+            &mut buffers.fields,
+            zigzag(i64::from(day) - i64::from(last_day)),
         );
         put_varint(
-            &mut self.fields,
-            zigzag(recorded.position.wrapping_sub(self.last_position) as i64),
+            &mut buffers.fields,
+            zigzag(recorded.position.wrapping_sub(last_position) as i64),
         );
         match payload {
             Payload::Nothing => {}
-            Payload::Byte(byte) => self.fields.push(byte),
-            Payload::Varint(value) => put_varint(&mut self.fields, value),
+            Payload::Byte(byte) => buffers.fields.push(byte),
+            Payload::Varint(value) => put_varint(&mut buffers.fields, value),
             Payload::Injection(codes, total_units, muscles) => {
-                self.fields.push(codes);
-                put_varint(&mut self.fields, u64::from(total_units));
-                put_varint(&mut self.fields, u64::from(muscles));
+                buffers.fields.push(codes);
+                put_varint(&mut buffers.fields, u64::from(total_units));
+                put_varint(&mut buffers.fields, u64::from(muscles));
             }
         }
-        self.words.push(id_hash(&event.event_id) | kind as u64);
+        buffers.words.push(id_hash(&event.event_id) | kind as u64);
         self.last_day = day;
         self.last_position = recorded.position;
         true
     }
 
+    /// The buffers, to change: copied first (with room for the next event)
+    /// when a snapshot still shares them.
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        if Arc::get_mut(&mut self.buffers).is_none() {
+            let Buffers { words, fields } = &*self.buffers;
+            let mut copy = Buffers {
+                words: Vec::with_capacity(words.len() + (words.len() / 4).max(8)),
+                fields: Vec::with_capacity(fields.len() + (fields.len() / 4).max(128)),
+            };
+            copy.words.extend_from_slice(words);
+            copy.fields.extend_from_slice(fields);
+            self.buffers = Arc::new(copy);
+        }
+        // Unique now, so this never clones.
+        Arc::make_mut(&mut self.buffers)
+    }
+
     /// How many events are stored (registrations and voids are not).
     pub fn len(&self) -> usize {
-        self.words.len()
+        self.buffers.words.len()
     }
 
     /// The stored events in order, decoded. A log built by [`Self::apply`]
     /// or passed by [`Self::check_restored`] always decodes whole; were it
     /// not to, the events before the fault are returned.
     pub fn decode(&self) -> Vec<CompactEvent> {
-        let mut events = Vec::with_capacity(self.words.len());
+        let mut events = Vec::with_capacity(self.buffers.words.len());
         // Cannot fail for a log built by apply; a restored log is checked.
         let _complete = self.decode_into(&mut events);
         events
     }
 
     fn decode_into(&self, events: &mut Vec<CompactEvent>) -> Result<(), String> {
+        let Buffers { words, fields } = &*self.buffers;
         let mut reader = Reader {
-            bytes: &self.fields,
+            bytes: fields,
             at: 0,
         };
         let mut day = 0i64;
         let mut position = 0u64;
-        for (index, word) in self.words.iter().enumerate() {
+        for (index, word) in words.iter().enumerate() {
             let event = decode_one(&mut reader, index, *word, &mut day, &mut position).map_err(
                 |Corrupt| {
                     format!(
@@ -367,10 +452,10 @@ impl PatientLog {
             )?;
             events.push(event);
         }
-        if reader.at != self.fields.len() {
+        if reader.at != fields.len() {
             return Err(format!(
                 "{} bytes of event fields follow the last event",
-                self.fields.len() - reader.at
+                fields.len() - reader.at
             ));
         }
         if i64::from(self.last_day) != day || self.last_position != position {
@@ -382,14 +467,15 @@ impl PatientLog {
     /// Checks what a restored log must hold for the rules to read it: every
     /// event decodes, and a response names an earlier event of this log.
     pub fn check_restored(&self) -> Result<(), String> {
-        self.decode_into(&mut Vec::with_capacity(self.words.len()))
+        self.decode_into(&mut Vec::with_capacity(self.len()))
     }
 
     /// The latest event with this id hash whose word passes `filter`.
     /// Searching from the end finds the usual targets (the last injection, a
     /// recent mistake) in a step or two.
     fn find(&self, hash: u64, filter: impl Fn(u64) -> bool) -> Option<usize> {
-        self.words
+        self.buffers
+            .words
             .iter()
             .rposition(|word| word & HASH_MASK == hash && filter(*word))
     }
@@ -972,6 +1058,32 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_keeps_its_events_when_the_original_changes_after_it() {
+        let mut log = PatientLog::default();
+        log.apply(&event_of(0, (1, 10_000, 7, 3)));
+        log.apply(&event_of(1, (1, 10_090, 9, 5)));
+        let snapshot = log.clone();
+        let before: Vec<_> = snapshot
+            .decode()
+            .iter()
+            .map(|e| (e.position, e.detail))
+            .collect();
+        // A response, then a void of the first injection, both after the clone.
+        log.apply(&event_of(2, (3, 10_120, 11, 0)));
+        log.apply(&event_of(3, (6, 10_121, 12, 0)));
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.decode()[0].detail, Detail::Voided);
+        let after: Vec<_> = snapshot
+            .decode()
+            .iter()
+            .map(|e| (e.position, e.detail))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!(snapshot.len(), 2);
+        assert!(snapshot.check_restored().is_ok() && log.check_restored().is_ok());
+    }
+
+    #[test]
     fn a_restored_log_whose_fields_do_not_decode_is_refused() {
         let mut log = PatientLog::default();
         log.apply(&event_of(0, (1, 10_000, 7, 3)));
@@ -979,20 +1091,21 @@ mod tests {
         assert!(log.check_restored().is_ok());
 
         let mut truncated = log.clone();
-        truncated.fields.pop();
+        Arc::make_mut(&mut truncated.buffers).fields.pop();
         assert!(truncated.check_restored().is_err());
 
         let mut trailing = log.clone();
-        trailing.fields.push(0);
+        Arc::make_mut(&mut trailing.buffers).fields.push(0);
         assert!(trailing.check_restored().is_err());
 
         let mut unknown_kind = log.clone();
-        unknown_kind.words[0] |= KIND_MASK;
+        Arc::make_mut(&mut unknown_kind.buffers).words[0] |= KIND_MASK;
         assert!(unknown_kind.check_restored().is_err());
 
         let mut response_to_itself = log.clone();
-        let last = response_to_itself.fields.len() - 1;
-        response_to_itself.fields[last] &= 0b11;
+        let fields = &mut Arc::make_mut(&mut response_to_itself.buffers).fields;
+        let last = fields.len() - 1;
+        fields[last] &= 0b11;
         assert!(response_to_itself.check_restored().is_err());
 
         let mut wrong_last_day = log;
