@@ -181,6 +181,7 @@ pub(crate) fn frame_bytes(record: &NewRecord) -> usize {
 
 /// Appends one record's frame to `out`. The field sizes were checked by
 /// `validate_record`, so the narrowing casts below cannot truncate.
+#[cfg(test)]
 pub(crate) fn encode(
     out: &mut Vec<u8>,
     record: &NewRecord,
@@ -189,13 +190,23 @@ pub(crate) fn encode(
     batch_end: bool,
 ) {
     let start = out.len();
+    encode_unsealed(out, record);
+    seal(&mut out[start..], position, recorded_at_micros, batch_end);
+}
+
+/// Appends one record's frame to `out` with everything the writer decides
+/// left at zero: flags, position, recorded_at and the CRC. The caller of
+/// `append` does this on its own thread, so the writer never touches the
+/// record's heap fields (and they are freed where they were allocated);
+/// [`seal`] fills the rest in once the writer has placed the record. The
+/// field sizes were checked by `validate_record`, so the narrowing casts
+/// below cannot truncate.
+pub(crate) fn encode_unsealed(out: &mut Vec<u8>, record: &NewRecord) {
     let body_bytes = frame_bytes(record) - FRAME_PREFIX_BYTES;
     out.reserve(FRAME_PREFIX_BYTES + body_bytes);
     out.extend_from_slice(&(body_bytes as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    out.push(if batch_end { FLAG_BATCH_END } else { 0 });
-    out.extend_from_slice(&position.to_le_bytes());
-    out.extend_from_slice(&recorded_at_micros.to_le_bytes());
+    // crc (4), flags (1), position (8), recorded_at (8): sealed later.
+    out.extend_from_slice(&[0u8; 4 + 1 + 8 + 8]);
     out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
     out.extend_from_slice(&(record.stream.len() as u16).to_le_bytes());
     out.extend_from_slice(&(record.principal.len() as u16).to_le_bytes());
@@ -204,11 +215,16 @@ pub(crate) fn encode(
     out.extend_from_slice(record.stream.as_bytes());
     out.extend_from_slice(record.principal.as_bytes());
     out.extend_from_slice(&record.payload);
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start..start + 4]),
-        &out[start + FRAME_PREFIX_BYTES..],
-    );
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Completes a frame made by [`encode_unsealed`] (exactly one frame):
+/// writes flags, position and recorded_at, then the CRC over the whole.
+pub(crate) fn seal(frame: &mut [u8], position: u64, recorded_at_micros: i64, batch_end: bool) {
+    frame[8] = if batch_end { FLAG_BATCH_END } else { 0 };
+    frame[9..17].copy_from_slice(&position.to_le_bytes());
+    frame[17..25].copy_from_slice(&recorded_at_micros.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[0..4]), &frame[FRAME_PREFIX_BYTES..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Refuses a record the frame cannot hold or the options do not allow.

@@ -69,7 +69,7 @@ use futures::stream::BoxStream;
 use tokio::sync::{oneshot, watch};
 
 use self::segments::Shared;
-use self::writer::{WriteRequest, Writer};
+use self::writer::{EncodedBatch, WriteRequest, Writer};
 use crate::{AppendBatch, AppendOutcome, EventLog, LogError, Record};
 
 /// The name of the lock file in the data directory.
@@ -339,12 +339,16 @@ impl EventLog for EmbeddedLog {
         for record in &batch.records {
             frame::validate_record(record, self.max_payload_bytes)?;
         }
+        let (batch, records) = EncodedBatch::encode(batch);
         let (reply, answer) = oneshot::channel();
         self.requests
             .as_ref()
             .ok_or_else(writer_gone)?
             .send(WriteRequest { batch, reply })
             .map_err(|_| writer_gone())?;
+        // Freed here, where they were most likely allocated, while the
+        // writer works: not on the writer thread, not after the answer.
+        drop(records);
         answer.await.map_err(|_| writer_gone())?
     }
 

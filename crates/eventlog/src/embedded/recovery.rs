@@ -14,7 +14,6 @@
 //! [`LogError::Corrupt`] naming the file and the byte offset, and nothing is
 //! cut.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -22,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::frame::{FrameCheck, FrameCursor, MIN_FRAME_BYTES, Step, check_frame, peek_position};
-use super::key_index::{KeyIndex, key_hash};
+use super::key_index::{KeyIndex, StreamVersions, key_hash};
 use super::segments::{
     INDEX_STRIDE, LARGE_CHUNK_BYTES, Segment, SegmentFile, corrupt, parse_segment_file_name,
     segment_file_name,
@@ -35,7 +34,7 @@ use crate::LogError;
 pub(crate) struct Recovered {
     /// At least one segment; the last one is open for appending.
     pub(crate) segments: Vec<Segment>,
-    pub(crate) streams: HashMap<String, u64>,
+    pub(crate) streams: StreamVersions,
     pub(crate) keys: KeyIndex,
     /// The last stored position (0 when the log is empty).
     pub(crate) head: u64,
@@ -60,7 +59,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
     }
 
     let mut keys = KeyIndex::default();
-    let mut streams = HashMap::new();
+    let mut streams = StreamVersions::default();
     let mut segments = Vec::with_capacity(first_positions.len());
     let mut next_position = 1;
     let mut active_segment_bytes = 0;
@@ -126,9 +125,9 @@ struct OpenBatch {
 }
 
 impl OpenBatch {
-    fn commit(&mut self, keys: &mut KeyIndex, streams: &mut HashMap<String, u64>) {
+    fn commit(&mut self, keys: &mut KeyIndex, streams: &mut StreamVersions) {
         for (hash, position, range) in self.keys.drain(..) {
-            keys.insert_new(&self.key_text[range], hash, position);
+            keys.insert_new(self.key_text[range].as_bytes(), hash, position);
         }
         for (position, range) in self.streams.drain(..) {
             let stream = &self.stream_text[range];
@@ -150,7 +149,7 @@ fn scan_segment(
     first_position: u64,
     is_last: bool,
     keys: &mut KeyIndex,
-    streams: &mut HashMap<String, u64>,
+    streams: &mut StreamVersions,
 ) -> Result<ScannedSegment, LogError> {
     let mut cursor = FrameCursor::new(file, 0, LARGE_CHUNK_BYTES);
     let mut sparse_offsets = Vec::new();
@@ -188,7 +187,7 @@ fn scan_segment(
                 let key_start = open_batch.key_text.len();
                 open_batch.key_text.push_str(key);
                 open_batch.keys.push((
-                    key_hash(key),
+                    key_hash(key.as_bytes()),
                     expected,
                     key_start..open_batch.key_text.len(),
                 ));

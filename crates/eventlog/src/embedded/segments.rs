@@ -3,7 +3,6 @@
 //! ever look at positions up to the durable head, which the writer publishes
 //! after the fsync, so they never see a record that could still be lost.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -11,6 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::watch;
 
 use super::frame::{FrameCursor, FrameRef, Step};
+use super::key_index::StreamVersions;
 use crate::{LogError, Record};
 
 /// One sparse index entry every this many records of a segment.
@@ -67,7 +67,7 @@ pub(crate) struct Shared {
     /// In position order; the last one is the one the writer appends to.
     pub(crate) segments: RwLock<Vec<Segment>>,
     /// The position of each stream's last durable record.
-    pub(crate) streams: RwLock<HashMap<String, u64>>,
+    pub(crate) streams: RwLock<StreamVersions>,
     /// The last durable position, published by the writer after each fsync.
     pub(crate) durable_head: watch::Receiver<u64>,
 }
