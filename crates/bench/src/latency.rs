@@ -45,6 +45,9 @@ pub struct LatencyFigures {
     pub folded: Percentiles,
     /// Send → ack of `Ingest.Append`.
     pub append: Percentiles,
+    /// Folded into reporting's projection → visible on `WatchReport`: the
+    /// part of the figure the push path adds (a diagnosis, not the figure).
+    pub folded_to_watch: Percentiles,
     /// Events visible on the stream before their ack reached the client
     /// (counted as 0 ms).
     pub visible_before_ack: usize,
@@ -70,6 +73,29 @@ fn delays(
         delays.push(visible_at.saturating_duration_since(*acked_at));
     }
     Ok((delays, early))
+}
+
+/// For each acked position, the time from the first of `folded` that
+/// covers it to the first of `seen` that does (both non-decreasing).
+fn push_delays(
+    acks: &[(u64, Instant)],
+    folded: &[(u64, Instant)],
+    seen: &[(u64, Instant)],
+) -> anyhow::Result<Vec<Duration>> {
+    let (from_ack_to_fold, _) = delays(acks, folded)?;
+    let (from_ack_to_seen, _) = delays(acks, seen)?;
+    let at_fold = acks
+        .iter()
+        .zip(&from_ack_to_fold)
+        .map(|((_, acked_at), delay)| *acked_at + *delay);
+    let at_seen = acks
+        .iter()
+        .zip(&from_ack_to_seen)
+        .map(|((_, acked_at), delay)| *acked_at + *delay);
+    Ok(at_fold
+        .zip(at_seen)
+        .map(|(folded_at, seen_at)| seen_at.saturating_duration_since(folded_at))
+        .collect())
 }
 
 /// Runs ingest, assessment and reporting over `log` (derived events on
@@ -210,6 +236,12 @@ pub async fn run(
     let (watch_delays, visible_before_ack) = delays(&acks, &watched)?;
     let (fold_delays, _) = delays(&acks, &folded)?;
     let none = || anyhow::anyhow!("no event was appended");
+    let folded_to_watch =
+        measure::percentiles(push_delays(&acks, &folded, &watched)?).ok_or_else(none)?;
+    eprintln!(
+        "  folded -> WatchReport received: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        folded_to_watch.p50_ms, folded_to_watch.p99_ms, folded_to_watch.max_ms
+    );
     Ok(LatencyFigures {
         offered_events_per_second: rate,
         events_per_append,
@@ -219,6 +251,7 @@ pub async fn run(
         watch: measure::percentiles(watch_delays).ok_or_else(none)?,
         folded: measure::percentiles(fold_delays).ok_or_else(none)?,
         append: measure::percentiles(append_times).ok_or_else(none)?,
+        folded_to_watch,
         visible_before_ack,
         reports_received: watched.len(),
     })

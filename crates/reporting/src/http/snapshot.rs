@@ -77,21 +77,21 @@ impl Snapshots {
         // async threads. Should that task fail, start from an empty report;
         // the publisher replaces it at once.
         let for_report = live.clone();
-        let (position, report) = tokio::task::spawn_blocking(move || for_report.report())
+        let (position, report) = tokio::task::spawn_blocking(move || for_report.shared_report())
             .await
             .unwrap_or_else(|_| {
                 (
                     0,
-                    AuditReport {
+                    Arc::new(AuditReport {
                         rule_set: domain::audit::RULE_SET.to_owned(),
                         parameters: None,
                         scopes: Default::default(),
-                    },
+                    }),
                 )
             });
         let first = Snapshot {
             position,
-            report: Arc::new(report),
+            report,
             log_head: position,
             lag: Lag::default(),
         };
@@ -157,17 +157,20 @@ impl Publisher {
 
     async fn publish(&self) {
         let live = self.live.clone();
-        let Ok((position, report)) = tokio::task::spawn_blocking(move || live.report()).await
+        // The report is shared with the `WatchReport` streams: when one of
+        // them has computed it for this position, this costs nothing.
+        let Ok((position, report)) =
+            tokio::task::spawn_blocking(move || live.shared_report()).await
         else {
             tracing::warn!("computing the dashboard report failed");
             return;
         };
         let (log_head, lag) = self.lag(position).await;
         let previous = self.sender.borrow().clone();
-        let report = if *previous.report == report {
+        let report = if *previous.report == *report {
             Arc::clone(&previous.report)
         } else {
-            Arc::new(report)
+            report
         };
         let snapshot = Snapshot {
             position,
