@@ -29,7 +29,27 @@ use test_support::NatsServer;
 const BATCH_RECORDS: usize = 1000;
 const PAYLOAD_BYTES: usize = 120;
 const REPLAY_RECORDS: u64 = 50_000;
-const SUMMARY_ROUNDS: usize = 20;
+/// Batches of each side the summary times, interleaved.
+const INTERLEAVED_ROUNDS: usize = 60;
+
+/// What the summary times, in this order (see `summary`).
+#[derive(Clone, Copy)]
+enum Side {
+    Backend,
+    Raw,
+    RawWithHeaders(RawHeaders),
+    RawAtomic(RawHeaders),
+}
+
+const SIDES: [Side; 7] = [
+    Side::Backend,
+    Side::Raw,
+    Side::RawWithHeaders(RawHeaders::Backend),
+    Side::RawWithHeaders(RawHeaders::MessageId),
+    Side::RawAtomic(RawHeaders::MessageId),
+    Side::RawAtomic(RawHeaders::Backend),
+    Side::RawAtomic(RawHeaders::Previous),
+];
 
 fn new_record(number: u64) -> NewRecord {
     let mut payload = format!(
@@ -150,11 +170,28 @@ async fn publish_raw(raw: &jetstream::Context, batch: Vec<NewRecord>) {
 enum RawHeaders {
     /// The key as message id (the server's duplicate check) only.
     MessageId,
-    /// The metadata headers the backend sends: key as message id, principal,
-    /// append time.
+    /// The metadata headers the backend sends: key as message id, append
+    /// time and principal in one header.
     Backend,
-    /// Key as message id and principal, without the append time.
-    WithoutTime,
+    /// Those the backend sent before: principal and time in two headers.
+    Previous,
+}
+
+/// The headers beside the message id (see [`RawHeaders`]).
+fn add_metadata(headers: &mut async_nats::HeaderMap, record: &NewRecord, which: RawHeaders) {
+    match which {
+        RawHeaders::MessageId => {}
+        RawHeaders::Backend => {
+            headers.insert(
+                "Toxaudit-Recorded",
+                format!("1764000000000000 {}", record.principal),
+            );
+        }
+        RawHeaders::Previous => {
+            headers.insert("Toxaudit-Principal", record.principal.as_str());
+            headers.insert("Toxaudit-Recorded-At", "1764000000000000");
+        }
+    }
 }
 
 /// The raw publish with headers (see [`RawHeaders`]).
@@ -167,12 +204,7 @@ async fn publish_raw_with_headers(
     for record in batch {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", record.key.as_str());
-        if matches!(which, RawHeaders::Backend | RawHeaders::WithoutTime) {
-            headers.insert("Toxaudit-Principal", record.principal.as_str());
-        }
-        if matches!(which, RawHeaders::Backend) {
-            headers.insert("Toxaudit-Recorded-At", "1764000000000000");
-        }
+        add_metadata(&mut headers, &record, which);
         let subject = format!("raw.{}", record.stream);
         acknowledgements.push(or_die(
             raw.publish_with_headers(subject, headers, record.payload)
@@ -185,13 +217,13 @@ async fn publish_raw_with_headers(
     }
 }
 
-/// The payloads as one atomic batch, acknowledged once, at the commit: with
-/// nothing but what the contract demands (the key as message id and the batch
-/// headers), or with the backend's metadata headers too (principal, time).
+/// The payloads as one atomic batch, acknowledged once, at the commit, with
+/// the key as message id, the batch headers and the metadata headers of
+/// `which` ([`RawHeaders::MessageId`]: nothing but what the contract demands).
 async fn publish_raw_atomic_batch(
     raw: &jetstream::Context,
     batch: Vec<NewRecord>,
-    with_backend_headers: bool,
+    which: RawHeaders,
 ) {
     let client = raw.client();
     let inbox = client.new_inbox();
@@ -201,10 +233,7 @@ async fn publish_raw_atomic_batch(
     for (index, record) in batch.into_iter().enumerate() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", record.key.as_str());
-        if with_backend_headers {
-            headers.insert("Toxaudit-Principal", record.principal.as_str());
-            headers.insert("Toxaudit-Recorded-At", "1764000000000000");
-        }
+        add_metadata(&mut headers, &record, which);
         headers.insert("Nats-Batch-Id", batch_id.as_str());
         headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
         let subject = format!("atomic.{}", record.stream);
@@ -345,115 +374,66 @@ fn summary(_criterion: &mut Criterion) {
     runtime.block_on(async {
         let setup = setup("bench-summary").await;
         let numbers = AtomicU64::new(1);
-        let mut backend = Vec::new();
-        let mut raw = Vec::new();
-        let mut raw_with_headers = Vec::new();
-        for _ in 0..3 {
-            raw_with_headers.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw_with_headers(&setup.raw, records(&numbers), RawHeaders::Backend)
-                })
-                .await,
-            );
-            backend.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    append_through_log(&setup.log, records(&numbers))
-                })
-                .await,
-            );
-            raw.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw(&setup.raw, records(&numbers))
-                })
-                .await,
-            );
+        // One batch of each side in turn, round after round, so a change in
+        // the machine's load (2 shared CPUs) hits every side alike; the
+        // median batch time of each side gives its rate.
+        let mut seconds = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); SIDES.len()];
+        for _ in 0..INTERLEAVED_ROUNDS {
+            for (side, times) in SIDES.iter().zip(&mut seconds) {
+                let batch = records(&numbers);
+                let started = Instant::now();
+                match side {
+                    Side::Backend => append_through_log(&setup.log, batch).await,
+                    Side::Raw => publish_raw(&setup.raw, batch).await,
+                    Side::RawWithHeaders(which) => {
+                        publish_raw_with_headers(&setup.raw, batch, *which).await
+                    }
+                    Side::RawAtomic(which) => {
+                        publish_raw_atomic_batch(&setup.raw, batch, *which).await
+                    }
+                }
+                times.push(started.elapsed().as_secs_f64());
+            }
         }
-        backend.sort_by(f64::total_cmp);
-        raw.sort_by(f64::total_cmp);
-        raw_with_headers.sort_by(f64::total_cmp);
-        print_ratio("append, batches of 1000", backend[1], raw[1]);
+        let rate = |side: usize| {
+            let times = &mut seconds[side].clone();
+            times.sort_by(f64::total_cmp);
+            BATCH_RECORDS as f64 / times[times.len() / 2]
+        };
+        let [backend, raw, raw_with_headers, message_id_only, atomic, atomic_with_headers, atomic_previous] =
+            [0, 1, 2, 3, 4, 5, 6].map(rate);
+        print_ratio("append, batches of 1000", backend, raw);
         print_ratio(
             "append, batches of 1000 (raw with the same metadata headers)",
-            backend[1],
-            raw_with_headers[1],
+            backend,
+            raw_with_headers,
         );
-
         // What the server spends on what the contract demands, each against
         // the plain raw publish (informational: where the gap comes from).
-        let mut message_id_only = Vec::new();
-        let mut without_time = Vec::new();
-        let mut atomic_batch_raw = Vec::new();
-        let mut atomic_batch_backend_headers = Vec::new();
-        let mut plain_again = Vec::new();
-        for _ in 0..3 {
-            message_id_only.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw_with_headers(&setup.raw, records(&numbers), RawHeaders::MessageId)
-                })
-                .await,
-            );
-            without_time.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw_with_headers(
-                        &setup.raw,
-                        records(&numbers),
-                        RawHeaders::WithoutTime,
-                    )
-                })
-                .await,
-            );
-            atomic_batch_raw.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw_atomic_batch(&setup.raw, records(&numbers), false)
-                })
-                .await,
-            );
-            atomic_batch_backend_headers.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw_atomic_batch(&setup.raw, records(&numbers), true)
-                })
-                .await,
-            );
-            plain_again.push(
-                median_rate(SUMMARY_ROUNDS, BATCH_RECORDS as u64, || {
-                    publish_raw(&setup.raw, records(&numbers))
-                })
-                .await,
-            );
-        }
-        for rates in [
-            &mut message_id_only,
-            &mut without_time,
-            &mut atomic_batch_raw,
-            &mut atomic_batch_backend_headers,
-            &mut plain_again,
-        ] {
-            rates.sort_by(f64::total_cmp);
-        }
         print_ratio(
             "raw async publish with Nats-Msg-Id only (vs plain raw)",
-            message_id_only[1],
-            plain_again[1],
+            message_id_only,
+            raw,
         );
         print_ratio(
-            "raw async publish with Nats-Msg-Id and principal, no time (vs plain raw)",
-            without_time[1],
-            plain_again[1],
+            "raw atomic batch of 1000 with the backend's previous two metadata headers (vs plain raw)",
+            atomic_previous,
+            raw,
         );
         print_ratio(
             "raw atomic batch of 1000, Nats-Msg-Id + batch headers only (vs plain raw)",
-            atomic_batch_raw[1],
-            plain_again[1],
+            atomic,
+            raw,
         );
         print_ratio(
             "raw atomic batch of 1000 with the backend's headers (vs plain raw)",
-            atomic_batch_backend_headers[1],
-            plain_again[1],
+            atomic_with_headers,
+            raw,
         );
         print_ratio(
             "backend append vs that raw atomic batch (the backend's own cost)",
-            backend[1],
-            atomic_batch_backend_headers[1],
+            backend,
+            atomic_with_headers,
         );
 
         // The catch-up every quarter duplicate window indexes the keys appended
@@ -466,11 +446,11 @@ fn summary(_criterion: &mut Criterion) {
         let started = Instant::now();
         or_die(setup.log.catch_up_key_index().await, "catching up the key index");
         let catch_up = started.elapsed().as_secs_f64();
-        let per_record_backend = 1.0 / backend[1];
+        let per_record_backend = 1.0 / backend;
         println!(
             "key index catch-up by the appending instance: {appended} records in {catch_up:.3}s; append including it: {:.0} records/s, ratio {:.0}%",
             1.0 / (per_record_backend + catch_up / appended as f64),
-            100.0 * (1.0 / (per_record_backend + catch_up / appended as f64)) / raw[1]
+            100.0 * (1.0 / (per_record_backend + catch_up / appended as f64)) / raw
         );
         let started = Instant::now();
         let other = or_die(
@@ -491,7 +471,7 @@ fn summary(_criterion: &mut Criterion) {
             "key index catch-up of records another instance appended: {appended} records in {foreign:.2}s ({:.0} records/s); append including it: {:.0} records/s, ratio {:.0}%",
             appended as f64 / foreign,
             1.0 / (per_record_backend + foreign / appended as f64),
-            100.0 * (1.0 / (per_record_backend + foreign / appended as f64)) / raw[1]
+            100.0 * (1.0 / (per_record_backend + foreign / appended as f64)) / raw
         );
 
         // Replay of the log the append summary just wrote, against the raw stream.

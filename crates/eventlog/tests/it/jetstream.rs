@@ -360,3 +360,67 @@ async fn an_append_right_after_the_last_one_on_its_stream_is_not_refused() -> Re
     ensure!(log.head().await? == (WRITERS * ROUNDS * 3) as u64);
     Ok(())
 }
+
+/// The principal and the append time travel in one header now; records
+/// appended with the two headers of before (as a hub may still hold, and as
+/// another writer may publish) still read with their principal and time.
+#[tokio::test]
+async fn records_read_back_their_principal_and_time_in_the_old_and_the_new_header_format()
+-> Result<()> {
+    let server = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let mut new = record("e-new", "leeds.L-1", "new");
+    new.principal = "Dr J. Smith@leeds".to_owned();
+    log.append(AppendBatch::new(vec![new.clone()])).await?;
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+
+    let client = async_nats::connect(server.url()).await?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "e-old");
+    headers.insert("Toxaudit-Principal", "old%20hand@leeds");
+    headers.insert("Toxaudit-Recorded-At", "1790000000000000");
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .publish_with_headers(
+            "toxaudit-test.events.leeds.L-1",
+            headers,
+            Bytes::from_static(b"old"),
+        )
+        .await?
+        .await?;
+
+    let read = log.read(1, 10).await?;
+    ensure!(read.len() == 2, "{read:?}");
+    ensure!(read[0].principal == new.principal, "{:?}", read[0]);
+    let micros = |duration: Duration| i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+    ensure!(
+        (micros(before)..=micros(after)).contains(&read[0].recorded_at_micros),
+        "{:?}",
+        read[0]
+    );
+    ensure!(
+        read[1].principal == "old hand@leeds"
+            && read[1].recorded_at_micros == 1_790_000_000_000_000,
+        "{:?}",
+        read[1]
+    );
+    let stored = jetstream
+        .get_stream("EVENTS")
+        .await?
+        .get_raw_message(1)
+        .await?;
+    let recorded = stored
+        .headers
+        .get("Toxaudit-Recorded")
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default();
+    ensure!(
+        recorded.ends_with(" Dr%20J.%20Smith@leeds")
+            && stored.headers.get("Toxaudit-Principal").is_none(),
+        "one header holds time and principal: {recorded:?}"
+    );
+    // The long read (an ordered consumer) reads both formats alike.
+    ensure!(log.read(1, 1000).await? == read);
+    Ok(())
+}
