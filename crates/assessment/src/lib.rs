@@ -13,28 +13,32 @@
 //! function of the log, and `p` is its derived event's id (patient + p), so
 //! an id never depends on how the log was chunked when read.
 //!
-//! Per chunk of records the follower hands over, each patient whose
-//! assessment changed is assessed and serialised once, and one derived event
-//! is published: the assessment after the patient's last change in the
-//! chunk, with that change's position. Live, chunks are a record or a few,
-//! so every change is published. Catching up from far behind (a restart, a
-//! `--rebuild`), a chunk holds up to 4096 records and a patient's
-//! intermediate assessments inside one chunk are not published, only their
-//! latest. Whatever the chunking, every derived event published is the one
-//! a record-by-record fold publishes for the same id (same id, same
+//! The fold keeps, per patient whose assessment changed, the position of
+//! their last change (the *pending* changes), and publishes them, each
+//! patient's assessment as it is now with that position as id, as soon as
+//! it is at the head of the log: live, after each chunk of a record or a
+//! few, so every change is published. Catching up from far behind (a
+//! restart, a `--rebuild`: chunks of a full read, the head further on), the
+//! changes wait up to a second, so that a patient whose events span many
+//! chunks is assessed and serialised once rather than once a chunk, and a
+//! patient's intermediate assessments are not published, only their latest.
+//! Whatever the chunking and timing, every derived event published is the
+//! one a record-by-record fold publishes for the same id (same id, same
 //! message), and each patient's latest assessment is always published.
 //! (Publishing every intermediate state of a catch-up would mean serialising
 //! the patient's whole assessment after nearly every event, O(events²) JSON
-//! per patient: a 10M-event rebuild would not finish in hours.)
+//! per patient: a 10M-event rebuild would take hours.)
 //!
-//! Checkpoint: a snapshot of the cohort, taken between two chunks of records,
-//! so it only ever covers positions whose derived events were published. A
-//! restart (even after `kill -9`) restores it and follows the log after its
-//! position: it republishes, at most, events with ids the bus has already
-//! seen (the same message under the same id), which JetStream drops as
-//! duplicates, and always the latest assessment of every patient whose
-//! assessment changed after the checkpoint. A snapshot folded with other
-//! rule parameters is refused and the log refolded from 1.
+//! Checkpoint: a snapshot of the cohort and of the pending changes, taken
+//! between two chunks of records, so every change at or before its position
+//! was published or is in it. A restart (even after `kill -9`) restores it,
+//! publishes its pending changes, and follows the log after its position:
+//! it republishes, at most, events with ids the bus has already seen (the
+//! same message under the same id), which JetStream drops as duplicates,
+//! and always the latest assessment of every patient whose assessment
+//! changed after the last publication. A snapshot folded with other rule
+//! parameters, or of the first version (projection `assessment`, which kept
+//! published fingerprints), is refused and the log refolded from 1.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +46,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use domain::{
@@ -160,25 +165,41 @@ pub fn patient_assessed(assessment: &PatientAssessment, source_position: u64) ->
     }
 }
 
-/// The projection: the cohort and how far it has folded. Nothing is kept
-/// per patient besides the cohort's compact log: whether an event changes
-/// an assessment is told from that log, not from what was last published.
+/// The checkpoint's projection name; "-2" since the snapshot holds pending
+/// changes instead of published fingerprints (an older checkpoint is
+/// refused, and the log refolded).
+const CHECKPOINT_NAME: &str = "assessment-2";
+
+/// A chunk at least this long was read in bulk: the follower is behind the
+/// head, and may keep changes pending to publish each patient's latest one
+/// once (the embedded log's tail reads 1024 records at a time).
+const BULK_CHUNK_RECORDS: usize = 512;
+
+/// Changes are never kept pending longer than this while catching up.
+const MAX_PENDING: Duration = Duration::from_secs(1);
+
+/// The projection: the cohort, how far it has folded, and the changes not
+/// published yet. Nothing else is kept per patient: whether an event changes
+/// an assessment is told from the cohort's log, not from what was last
+/// published.
 #[derive(Debug)]
 struct Projection {
     cohort: Cohort,
     position: u64,
     /// Records folded by this process (not restored from a checkpoint).
     folded_here: u64,
+    /// Patient → position of their last change not yet published.
+    pending: HashMap<PatientKey, u64>,
+    /// When the oldest pending change was folded.
+    pending_since: Option<Instant>,
 }
 
-/// The projection's checkpoint. `published` held, in the first version,
-/// each patient's last published fingerprint as (centre, pseudonym,
-/// fingerprint); it is no longer needed, written empty and ignored when
-/// read, and kept so that checkpoints of either version load.
+/// The projection's checkpoint: the cohort, and the changes not published
+/// yet as (centre, pseudonym, position of the patient's last change).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ProjectionSnapshot {
     cohort: CohortSnapshot,
-    published: Vec<(String, String, [u64; 2])>,
+    pending: Vec<(String, String, u64)>,
 }
 
 impl Projection {
@@ -187,13 +208,25 @@ impl Projection {
             cohort: Cohort::new(parameters),
             position: 0,
             folded_here: 0,
+            pending: HashMap::new(),
+            pending_since: None,
         }
     }
 
     fn snapshot(&self) -> ProjectionSnapshot {
         ProjectionSnapshot {
             cohort: self.cohort.snapshot(),
-            published: Vec::new(),
+            pending: self
+                .pending
+                .iter()
+                .map(|(key, position)| {
+                    (
+                        key.centre.as_str().to_owned(),
+                        key.patient.as_str().to_owned(),
+                        *position,
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -204,22 +237,29 @@ impl Projection {
     ) -> Result<Self, String> {
         let cohort = Cohort::from_snapshot(snapshot.cohort, parameters)
             .map_err(|error| error.to_string())?;
+        let mut pending = HashMap::with_capacity(snapshot.pending.len());
+        for (centre, patient, changed_at) in snapshot.pending {
+            let key = PatientKey::new(
+                Centre::parse(&centre).map_err(|reason| format!("pending centre: {reason}"))?,
+                Pseudonym::parse(&patient)
+                    .map_err(|reason| format!("pending patient: {reason}"))?,
+            );
+            pending.insert(key, changed_at);
+        }
         Ok(Self {
             cohort,
             position,
             folded_here: 0,
+            pending_since: (!pending.is_empty()).then(Instant::now),
+            pending,
         })
     }
 
-    /// Folds a chunk of records and returns the derived events to publish
-    /// for it (each changed patient's assessment after their last change in
-    /// the chunk, by position), and the error of the record that stopped the
-    /// fold early, if one did (the records before it are folded and their
-    /// derived events returned).
-    fn fold_chunk(&mut self, records: &[Record]) -> (Vec<PatientAssessed>, Option<FollowError>) {
-        // Patient → position of their last change in this chunk.
-        let mut changed: HashMap<PatientKey, u64> = HashMap::new();
-        let mut failure = None;
+    /// Folds a chunk of records, noting each patient whose assessment
+    /// changed with the position of their last change. Returns the error of
+    /// the record that stopped the fold early, if one did (the records
+    /// before it are folded).
+    fn fold_chunk(&mut self, records: &[Record]) -> Option<FollowError> {
         for record in records {
             let recorded = match proto::convert::recorded_from_parts(
                 record.position,
@@ -229,11 +269,10 @@ impl Projection {
             ) {
                 Ok(recorded) => recorded,
                 Err(error) => {
-                    failure = Some(FollowError::Fold {
+                    return Some(FollowError::Fold {
                         position: record.position,
                         reason: error.to_string(),
                     });
-                    break;
                 }
             };
             let change = apply_and_compare(&mut self.cohort, &recorded);
@@ -241,45 +280,63 @@ impl Projection {
             self.folded_here += 1;
             if change == AssessmentChange::Changed {
                 let event = recorded.event;
-                changed.insert(
+                self.pending.insert(
                     PatientKey::new(event.centre, event.patient),
                     record.position,
                 );
+                self.pending_since.get_or_insert_with(Instant::now);
             }
         }
-        let mut latest: Vec<(u64, PatientKey)> = changed
-            .into_iter()
+        None
+    }
+
+    /// The derived events of the pending changes, by position: each
+    /// patient's assessment now, which is their assessment after their last
+    /// change. Nothing is pending afterwards.
+    fn take_derived(&mut self) -> Vec<PatientAssessed> {
+        self.pending_since = None;
+        let mut latest: Vec<(u64, PatientKey)> = self
+            .pending
+            .drain()
             .map(|(key, position)| (position, key))
             .collect();
         latest.sort_unstable_by_key(|(position, _)| *position);
-        let derived = latest
+        latest
             .into_iter()
             .filter_map(|(position, key)| {
                 // A changed patient is registered and in the cohort.
                 let assessment = self.cohort.patient(&key)?;
                 Some(patient_assessed(&assessment, position))
             })
-            .collect();
-        (derived, failure)
+            .collect()
+    }
+
+    /// True when pending changes have waited long enough to be published
+    /// even while catching up.
+    fn pending_too_long(&self) -> bool {
+        self.pending_since
+            .is_some_and(|since| since.elapsed() >= MAX_PENDING)
     }
 }
 
 struct PublishingFold {
     projection: Arc<Mutex<Projection>>,
     bus: DerivedBus,
+    log: Arc<dyn EventLog>,
 }
 
-impl AsyncFold for PublishingFold {
-    async fn fold(&mut self, records: &[Record]) -> Result<(), FollowError> {
-        let (derived, failure) = self
+impl PublishingFold {
+    /// Publishes every pending change. Called before a chunk's fold
+    /// returns, so before a checkpoint covers it; were the process to die
+    /// before, the checkpoint still holds the changes as pending. A crash
+    /// after republishes the same ids, never loses one.
+    async fn publish_pending(&self) -> Result<(), FollowError> {
+        let derived = self
             .projection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .fold_chunk(records);
+            .take_derived();
         for derived in derived {
-            // Published before the chunk returns, so before any checkpoint
-            // covers it: a crash in between republishes the same ids, never
-            // loses one.
             let position = derived.source_position;
             self.bus
                 .publish(derived)
@@ -288,6 +345,30 @@ impl AsyncFold for PublishingFold {
                     position,
                     reason: error.to_string(),
                 })?;
+        }
+        Ok(())
+    }
+}
+
+impl AsyncFold for PublishingFold {
+    async fn fold(&mut self, records: &[Record]) -> Result<(), FollowError> {
+        let (failure, position, overdue) = {
+            let mut projection = self
+                .projection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let failure = projection.fold_chunk(records);
+            (failure, projection.position, projection.pending_too_long())
+        };
+        // Catching up (a chunk read in bulk, and the head further on), the
+        // changes wait, at most `MAX_PENDING`, so that a patient changed in
+        // many chunks is assessed and published once; live, they go now.
+        let catching_up = failure.is_none()
+            && !overdue
+            && records.len() >= BULK_CHUNK_RECORDS
+            && self.log.head().await.is_ok_and(|head| head > position);
+        if !catching_up {
+            self.publish_pending().await?;
         }
         match failure {
             Some(error) => Err(error),
@@ -348,7 +429,7 @@ pub struct Assessment {
 
 impl Assessment {
     /// Restores the checkpoint's snapshot (or starts empty); what it covers
-    /// was published before, and is not folded again.
+    /// was published before or is pending in it, and is not folded again.
     pub async fn prepare(
         log: Arc<dyn EventLog>,
         bus: DerivedBus,
@@ -358,7 +439,7 @@ impl Assessment {
     ) -> Result<Self, AssessmentError> {
         let (checkpointer, restored) = Checkpointer::open(
             checkpoint_directory,
-            "assessment",
+            CHECKPOINT_NAME,
             rebuild,
             move |snapshot: ProjectionSnapshot| {
                 // The position is the marker's; it is set just below.
@@ -405,17 +486,14 @@ impl Assessment {
     /// Follows the log, publishing derived events, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), AssessmentError> {
         let from_position = self.progress().position() + 1;
-        follow_log(
-            self.log,
-            self.checkpointer,
-            from_position,
-            shutdown,
-            PublishingFold {
-                projection: self.projection,
-                bus: self.bus,
-            },
-        )
-        .await?;
+        let fold = PublishingFold {
+            projection: self.projection,
+            bus: self.bus,
+            log: Arc::clone(&self.log),
+        };
+        // Changes the checkpoint kept pending are published first.
+        fold.publish_pending().await?;
+        follow_log(self.log, self.checkpointer, from_position, shutdown, fold).await?;
         Ok(())
     }
 }
@@ -641,9 +719,9 @@ mod tests {
         let mut rest = records;
         while !rest.is_empty() {
             let (chunk, after) = rest.split_at(sizes().clamp(1, rest.len()));
-            let (derived, failure) = projection.fold_chunk(chunk);
+            let failure = projection.fold_chunk(chunk);
             assert!(failure.is_none(), "{failure:?}");
-            published.extend(derived);
+            published.extend(projection.take_derived());
             ends.push(chunk[chunk.len() - 1].position);
             rest = after;
         }
@@ -699,6 +777,37 @@ mod tests {
             })
             .collect();
             check_every_chunking(&lines)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn pending_changes_survive_a_checkpoint() -> anyhow::Result<()> {
+        let records = records_of(&demodata::paper2019_lines(2019))?;
+        let reference = record_by_record(&records)?;
+        let head = records.len() as u64;
+        for split in [1, records.len() / 3, records.len() - 1] {
+            let mut before = Projection::new(RuleParameters::default());
+            assert!(before.fold_chunk(&records[..split]).is_none());
+            // Checkpointed with its changes pending, as the service saves it.
+            let bytes = service_kit::checkpoint::encode(&before.snapshot())?;
+            let snapshot: super::ProjectionSnapshot =
+                service_kit::checkpoint::decode(&bytes, std::path::Path::new("snapshot.bin"))?;
+            let mut restored =
+                Projection::restore(snapshot, &RuleParameters::default(), split as u64)
+                    .map_err(anyhow::Error::msg)?;
+            let mut published = restored.take_derived();
+            assert_eq!(
+                published,
+                expected_for_chunks(&reference, &[split as u64]),
+                "the pending changes of the checkpoint at {split}"
+            );
+            assert!(restored.fold_chunk(&records[split..]).is_none());
+            published.extend(restored.take_derived());
+            assert_eq!(
+                published,
+                expected_for_chunks(&reference, &[split as u64, head])
+            );
         }
         Ok(())
     }
