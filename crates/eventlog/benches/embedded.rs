@@ -4,8 +4,11 @@
 //! batches of 1000 with one fsync per batch, sequential read >= 2M records/s,
 //! for records with ~120-byte payloads. Each group also measures the raw file
 //! doing the same I/O (the same bytes written with one `sync_data` per 1000
-//! records; the same file read sequentially without decoding), so the log's
-//! overhead is visible in one run: `cargo bench -p eventlog --bench embedded`.
+//! records, as the log syncs, and with one plain fsync for reference; the
+//! same file read sequentially without decoding), so the log's overhead is
+//! visible in one run: `cargo bench -p eventlog --bench embedded`. After the
+//! append group a `summary:` line puts the log and the raw file side by side
+//! from interleaved rounds, with the process CPU time per appended record.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -147,7 +150,114 @@ fn append(criterion: &mut Criterion) {
             }
         });
     });
+    // The log syncs with `sync_data` (fdatasync); a plain fsync for reference.
+    group.bench_function("raw file, write + fsync per 1000", |bencher| {
+        bencher.iter(|| {
+            if let Err(error) = raw.write_all(&bytes).and_then(|()| raw.sync_all()) {
+                panic!("raw write failed: {error}");
+            }
+        });
+    });
     group.finish();
+    drop(log);
+    append_summary(&runtime);
+}
+
+/// CPU seconds (user + system) this process has used so far, from
+/// `/proc/self/stat` (clock ticks of 10 ms).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_else(|error| panic!("{error}"));
+    // The fields after the command name, which is in parentheses.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => panic!("cannot read the cpu time from /proc/self/stat"),
+    }
+}
+
+/// One line with the issue's figure and its baseline from the same
+/// interleaved rounds: the log appending batches of 1000 one at a time
+/// (records built beforehand), and the raw file writing the same number of
+/// bytes with one `sync_data`, and with one fsync, per 1000. Also the
+/// process CPU time per appended record, which the disk's noise does not move.
+fn append_summary(runtime: &tokio::runtime::Runtime) {
+    const ROUNDS: usize = 3;
+    const BATCHES_PER_ROUND: usize = 100;
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let log = open(&dir);
+    let next_number = AtomicU64::new(1);
+    let batch_bytes: usize = (1..=BATCH_RECORDS as u64)
+        .map(|number| frame_bytes(&new_record(number)))
+        .sum();
+    let bytes = vec![0x5au8; batch_bytes];
+    let mut raw = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw-write"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    // Warm up the log and the file.
+    runtime.block_on(async {
+        for _ in 0..10 {
+            if let Err(error) = log.append(batch(&next_number)).await {
+                panic!("append failed: {error}");
+            }
+        }
+    });
+    let (mut log_time, mut log_cpu, mut data_time, mut fsync_time) =
+        (Duration::ZERO, 0.0, Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let batches: Vec<AppendBatch> = (0..BATCHES_PER_ROUND)
+            .map(|_| batch(&next_number))
+            .collect();
+        let cpu_before = process_cpu_seconds();
+        let started = Instant::now();
+        runtime.block_on(async {
+            for batch in batches {
+                if let Err(error) = log.append(batch).await {
+                    panic!("append failed: {error}");
+                }
+            }
+        });
+        log_time += started.elapsed();
+        log_cpu += process_cpu_seconds() - cpu_before;
+        for (sync_all, total) in [(false, &mut data_time), (true, &mut fsync_time)] {
+            let started = Instant::now();
+            for _ in 0..BATCHES_PER_ROUND {
+                let written = raw.write_all(&bytes).and_then(|()| {
+                    if sync_all {
+                        raw.sync_all()
+                    } else {
+                        raw.sync_data()
+                    }
+                });
+                if let Err(error) = written {
+                    panic!("raw write failed: {error}");
+                }
+            }
+            *total += started.elapsed();
+        }
+    }
+    let records = (ROUNDS * BATCHES_PER_ROUND * BATCH_RECORDS) as f64;
+    let rate = |time: Duration| records / time.as_secs_f64();
+    println!(
+        "summary: embedded append {:.0} records/s (batches of 1000, one sync_data each; \
+         process cpu {:.2} us/record); raw write + sync_data {:.0} records/s ({:.0}% of it reached); \
+         raw write + fsync {:.0} records/s; {} records of ~{} bytes framed",
+        rate(log_time),
+        log_cpu * 1e6 / records,
+        rate(data_time),
+        100.0 * rate(log_time) / rate(data_time),
+        rate(fsync_time),
+        records,
+        batch_bytes / BATCH_RECORDS,
+    );
     drop(log);
 }
 

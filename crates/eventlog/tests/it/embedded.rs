@@ -477,3 +477,65 @@ async fn readers_racing_the_writer_see_no_gap_and_no_torn_record() -> Result<()>
     );
     Ok(())
 }
+
+/// The writer cuts repeated records out of an encoded batch before it writes
+/// it: the batch-end mark must then sit on the last NEW record, or the next
+/// open would cut the whole batch as unfinished.
+#[tokio::test]
+async fn a_batch_ending_in_repeats_survives_reopening_with_only_its_new_records() -> Result<()> {
+    let dir = TempDir::new()?;
+    let options = EmbeddedOptions::default();
+    let first = record("e-1", "leeds.L-1", "{\"n\":1}");
+    let second = record("e-2", "leeds.L-2", "{\"n\":2}");
+    let third = record("e-3", "leeds.L-1", "{\"n\":3}");
+    {
+        let log = open_log(dir.path(), options.clone()).await?;
+        log.append(AppendBatch::new(vec![first.clone()])).await?;
+        let outcomes = log
+            .append(AppendBatch::new(vec![
+                first.clone(),
+                second.clone(),
+                first.clone(),
+                third.clone(),
+                second.clone(),
+                first.clone(),
+            ]))
+            .await?;
+        ensure!(
+            outcomes
+                == vec![
+                    AppendOutcome::Duplicate { position: 1 },
+                    AppendOutcome::Appended { position: 2 },
+                    AppendOutcome::Duplicate { position: 1 },
+                    AppendOutcome::Appended { position: 3 },
+                    AppendOutcome::Duplicate { position: 2 },
+                    AppendOutcome::Duplicate { position: 1 },
+                ],
+            "{outcomes:?}"
+        );
+        log.close().await;
+    }
+    let expected = [first.clone(), second.clone(), third.clone()];
+    let bytes: u64 = expected.iter().map(frame_length).sum();
+    ensure!(
+        std::fs::metadata(last_segment(dir.path())?)?.len() == bytes,
+        "only the new records are written"
+    );
+    let log = open_log(dir.path(), options).await?;
+    ensure!(log.head().await? == 3, "head {}", log.head().await?);
+    assert_records(&log.read(1, usize::MAX).await?, &expected)?;
+    ensure!(log.stream_version("leeds.L-1").await? == 3);
+    ensure!(log.stream_version("leeds.L-2").await? == 2);
+    let again = log
+        .append(AppendBatch::new(vec![third.clone(), second.clone()]))
+        .await?;
+    ensure!(
+        again
+            == vec![
+                AppendOutcome::Duplicate { position: 3 },
+                AppendOutcome::Duplicate { position: 2 }
+            ],
+        "{again:?}"
+    );
+    Ok(())
+}
