@@ -1,12 +1,15 @@
 //! The idempotency index: key → position, kept compact so that ten million
 //! keys fit in a few hundred MiB.
 //!
-//! Keys are not stored: each entry is the 64-bit XXH3 hash of the key and the
-//! position of the record that holds it (16 bytes, plus the table's control
-//! byte). A hit is only a candidate: the writer reads the record back to
-//! compare the key (and, for a duplicate, the payload). Two different keys
-//! with the same hash are resolved by an exact-key overflow map that holds
-//! only the later ones, which in practice stays empty.
+//! Keys are not stored: each entry is a 32-bit fingerprint of the key (the
+//! upper half of its 64-bit XXH3 hash) and the record's position as a u32
+//! (8 bytes, plus the table's control byte: ~15 bytes per record at the
+//! table's usual load, where a u64 → u64 table took ~28). A hit is only a
+//! candidate: the writer reads the record back to compare the key (and, for
+//! a duplicate, the payload), so a fingerprint shared by two keys costs one
+//! read, never a wrong answer. The later of two keys with the same
+//! fingerprint goes to an exact-key overflow map (about 12k entries at 10M
+//! records). Positions beyond `u32::MAX` go to a full-hash u64 → u64 table.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -36,6 +39,12 @@ impl Hasher for PassThroughHasher {
 
     fn write_u64(&mut self, value: u64) {
         self.0 = value;
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        // Spread the fingerprint over all 64 bits: the table takes its
+        // control byte from the top bits and its bucket from the bottom ones.
+        self.0 = u64::from(value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -99,9 +108,20 @@ pub(crate) enum Candidate {
 
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    by_hash: HashMap<u64, u64, PassThroughBuild>,
-    /// Keys whose hash was already taken by another key when they were stored.
+    /// Fingerprint → position, for positions up to `u32::MAX`.
+    small: HashMap<u32, u32, PassThroughBuild>,
+    /// Full hash → position, for later positions (only ever filled once the
+    /// log holds more than 4.29 billion records; positions only grow, so no
+    /// fingerprint enters `small` after this one is used).
+    large: HashMap<u64, u64, PassThroughBuild>,
+    /// Keys whose fingerprint (or hash) was already taken by another key
+    /// when they were stored.
     overflow: HashMap<Box<[u8]>, u64>,
+}
+
+/// The part of a key hash the compact table keeps.
+fn fingerprint(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 impl KeyIndex {
@@ -111,26 +131,43 @@ impl KeyIndex {
         {
             return Candidate::Exact(position);
         }
-        match self.by_hash.get(&hash) {
-            Some(&position) => Candidate::SameHash(position),
-            None => Candidate::Absent,
+        if let Some(&position) = self.small.get(&fingerprint(hash)) {
+            return Candidate::SameHash(u64::from(position));
         }
+        if !self.large.is_empty()
+            && let Some(&position) = self.large.get(&hash)
+        {
+            return Candidate::SameHash(position);
+        }
+        Candidate::Absent
     }
 
     /// Records a key the caller knows is not stored yet.
     pub(crate) fn insert_new(&mut self, key: &[u8], hash: u64, position: u64) {
-        match self.by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(position);
+        let taken = match u32::try_from(position) {
+            Ok(small_position) => match self.small.entry(fingerprint(hash)) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(small_position);
+                    false
+                }
+                std::collections::hash_map::Entry::Occupied(_) => true,
+            },
+            Err(_) => {
+                if self.small.contains_key(&fingerprint(hash)) || self.large.contains_key(&hash) {
+                    true
+                } else {
+                    self.large.insert(hash, position);
+                    false
+                }
             }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(key.into(), position);
-            }
+        };
+        if taken {
+            self.overflow.insert(key.into(), position);
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_hash.len() + self.overflow.len()
+        self.small.len() + self.large.len() + self.overflow.len()
     }
 }
 
@@ -145,7 +182,60 @@ mod tests {
         index.insert_new(b"second", 42, 2);
         assert_eq!(index.candidate(b"first", 42), Candidate::SameHash(1));
         assert_eq!(index.candidate(b"second", 42), Candidate::Exact(2));
-        assert_eq!(index.candidate(b"third", 43), Candidate::Absent);
+        assert_eq!(index.candidate(b"third", 43 << 32), Candidate::Absent);
         assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn keys_sharing_a_fingerprint_are_told_apart() {
+        let mut index = KeyIndex::default();
+        // Same upper half, different lower half: one fingerprint.
+        index.insert_new(b"first", 0x0000_0007_0000_0001, 1);
+        index.insert_new(b"second", 0x0000_0007_0000_0002, 2);
+        assert_eq!(
+            index.candidate(b"first", 0x0000_0007_0000_0001),
+            Candidate::SameHash(1)
+        );
+        assert_eq!(
+            index.candidate(b"second", 0x0000_0007_0000_0002),
+            Candidate::Exact(2)
+        );
+        // A key that is not stored but shares the fingerprint is only a
+        // candidate: the writer compares the stored key and finds it new.
+        assert_eq!(
+            index.candidate(b"third", 0x0000_0007_0000_0003),
+            Candidate::SameHash(1)
+        );
+    }
+
+    #[test]
+    fn positions_beyond_u32_use_the_full_hash() {
+        let mut index = KeyIndex::default();
+        let far = u64::from(u32::MAX) + 10;
+        index.insert_new(b"near", 0x0000_0001_0000_0001, 1);
+        index.insert_new(b"far", 0x0000_0002_0000_0001, far);
+        index.insert_new(b"far again", 0x0000_0002_0000_0001, far + 1);
+        index.insert_new(b"shares near's fingerprint", 0x0000_0001_0000_0009, far + 2);
+        assert_eq!(
+            index.candidate(b"near", 0x0000_0001_0000_0001),
+            Candidate::SameHash(1)
+        );
+        assert_eq!(
+            index.candidate(b"far", 0x0000_0002_0000_0001),
+            Candidate::SameHash(far)
+        );
+        assert_eq!(
+            index.candidate(b"far again", 0x0000_0002_0000_0001),
+            Candidate::Exact(far + 1)
+        );
+        assert_eq!(
+            index.candidate(b"shares near's fingerprint", 0x0000_0001_0000_0009),
+            Candidate::Exact(far + 2)
+        );
+        assert_eq!(
+            index.candidate(b"absent", 0x0000_0003_0000_0001),
+            Candidate::Absent
+        );
+        assert_eq!(index.len(), 4);
     }
 }

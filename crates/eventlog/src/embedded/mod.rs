@@ -48,8 +48,9 @@
 //!
 //! # Memory
 //!
-//! Per record: 16 bytes of key index (a 64-bit key hash and the position; a
-//! hit is confirmed by reading the record back), and one 8-byte sparse-index
+//! Per record: about 15 bytes of key index (a 32-bit key fingerprint and the
+//! position as a u32 in a table kept at most 7/8 full; a hit is confirmed by
+//! reading the record back, see `key_index.rs`), and one 8-byte sparse-index
 //! entry per 128 records. Per stream: its name and last position.
 
 mod frame;
