@@ -15,7 +15,9 @@
 //! only brake is that a watcher waits [`REPORT_PAUSE_FACTOR`] times as long
 //! as the report it just computed took, so during a bulk import, when a
 //! report re-assesses thousands of patients, reports take at most a fifth
-//! of the time and the fold the rest.
+//! of the time and the fold the rest. While a stream is open, the fold
+//! itself computes the report after a small chunk (a live append), so the
+//! woken streams find it ready and push without a hop to a blocking thread.
 //!
 //! [`build`] + [`Application::run_until_stopped`] serve it alone
 //! (`toxaudit serve reporting`); [`Reporting`] gives the projection and the
@@ -58,6 +60,13 @@ pub const SERVICE_NAME: &str = "toxaudit.v1.Reporting";
 /// time while the fold is busy. A report after a small append takes tens of
 /// microseconds, so the wait is below [`SHORTEST_PAUSE`] and skipped.
 pub const REPORT_PAUSE_FACTOR: u32 = 4;
+
+/// The fold computes the report for watchers itself (on an async thread)
+/// only when at most this many records were folded since the last report,
+/// so it re-assesses a few dozen patients at most (well under a
+/// millisecond); after a bulk chunk, or the first report after a restart
+/// (every patient re-assessed), watchers compute it on a blocking thread.
+const INLINE_REPORT_MAX_RECORDS: usize = 64;
 
 /// Pauses shorter than this are not taken: the timer's resolution is a
 /// millisecond, so sleeping would cost more than the pause is worth.
@@ -129,6 +138,8 @@ struct Folded {
     /// Before this instant, watchers wait rather than compute a new report
     /// (see [`REPORT_PAUSE_FACTOR`]).
     next_watch_report: Instant,
+    /// Records folded since `latest` was computed.
+    folded_since_report: usize,
 }
 
 impl Folded {
@@ -147,6 +158,7 @@ impl Folded {
         let report = Arc::new(ReportAt::new(position, self.cohort.report()));
         let finished = Instant::now();
         self.next_watch_report = finished + (finished - started) * REPORT_PAUSE_FACTOR;
+        self.folded_since_report = 0;
         self.latest = Some(Arc::clone(&report));
         report
     }
@@ -251,11 +263,16 @@ impl AsyncFold for ProjectionFold {
                 fold_record(&mut folded.cohort, record)?;
                 self.0.folded_here.fetch_add(1, Ordering::Relaxed);
             }
+            folded.folded_since_report += records.len();
             // Someone watches: the report now, before they wake, saves each
             // push a hop to a blocking thread and back (under load each
             // hop can wait for a time slice). Not while nobody watches, so
-            // a rebuild re-assesses each patient once, not once per chunk.
+            // a rebuild re-assesses each patient once, not once per chunk,
+            // and not when it would re-assess many patients on this async
+            // thread (see `INLINE_REPORT_MAX_RECORDS`).
             if self.0.watchers.load(Ordering::Relaxed) > 0
+                && folded.latest.is_some()
+                && folded.folded_since_report <= INLINE_REPORT_MAX_RECORDS
                 && Instant::now() >= folded.next_watch_report
             {
                 folded.refresh_report(last.position);
@@ -356,6 +373,7 @@ impl Reporting {
                     cohort,
                     latest: None,
                     next_watch_report: Instant::now(),
+                    folded_since_report: 0,
                 }),
                 position,
                 folded_here: AtomicU64::new(0),
@@ -667,6 +685,7 @@ mod tests {
                 cohort: Cohort::new(RuleParameters::default()),
                 latest: None,
                 next_watch_report: Instant::now(),
+                folded_since_report: 0,
             }),
             position,
             folded_here: AtomicU64::new(0),
@@ -702,13 +721,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn with_a_watcher_the_fold_shares_the_report_of_every_chunk_it_folds() {
+    async fn with_a_watcher_the_fold_shares_the_report_of_every_small_chunk_it_folds() {
         let records = records(40);
+        let (small, bulk) = records.split_at(records.len() - INLINE_REPORT_MAX_RECORDS - 1);
         let projection = empty_projection();
         let mut fold = ProjectionFold(Arc::clone(&projection));
         let _watcher = Watcher::new(Arc::clone(&projection), "all".to_owned());
+        // The first report (every patient) is the watcher's to compute.
+        projection.report();
         let mut folded_so_far = 0;
-        for chunk in records.chunks(53) {
+        for chunk in small.chunks(INLINE_REPORT_MAX_RECORDS) {
             // Computing a report is never due before the previous one ends.
             projection.lock().next_watch_report = Instant::now();
             fold.fold(chunk).await.unwrap();
@@ -719,6 +741,11 @@ mod tests {
             assert_eq!(shared.position, folded_so_far as u64);
             assert_eq!(*shared.report, from_scratch(&records[..folded_so_far]));
         }
+        // A bulk chunk is left to the watcher's blocking thread.
+        projection.lock().next_watch_report = Instant::now();
+        fold.fold(bulk).await.unwrap();
+        assert!(matches!(projection.ready(), Ready::DueAt(_)));
+        assert_eq!(*projection.report().report, from_scratch(&records));
     }
 
     #[tokio::test]
