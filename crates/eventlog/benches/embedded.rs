@@ -9,6 +9,8 @@
 //! visible in one run: `cargo bench -p eventlog --bench embedded`. After the
 //! append group a `summary:` line puts the log and the raw file side by side
 //! from interleaved rounds, with the process CPU time per appended record.
+//! `EMBEDDED_BENCH_OPEN_DIR=DIR` runs only the memory figure of an open log
+//! instead (see `open_memory`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -75,8 +77,72 @@ fn open(dir: &TempDir) -> EmbeddedLog {
     }
 }
 
+/// The resident set of this process in KiB (`VmRSS` of `/proc/self/status`).
+fn resident_kib() -> u64 {
+    let status =
+        std::fs::read_to_string("/proc/self/status").unwrap_or_else(|error| panic!("{error}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/self/status"))
+}
+
+/// With `EMBEDDED_BENCH_OPEN_DIR` set: fills that directory with
+/// `EMBEDDED_BENCH_OPEN_RECORDS` records (10M by default) if it holds no log
+/// yet, then prints how much resident memory opening it adds (the key index,
+/// the sparse index, the stream versions). Nothing else runs.
+fn open_memory(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) {
+    let records: u64 = std::env::var("EMBEDDED_BENCH_OPEN_RECORDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10_000_000);
+    if !dir.join("00000000000000000001.seg").exists() {
+        let log = EmbeddedLog::open(dir, EmbeddedOptions::default())
+            .unwrap_or_else(|error| panic!("cannot open the log: {error}"));
+        let log = Arc::new(log);
+        let next_number = Arc::new(AtomicU64::new(1));
+        runtime.block_on(async {
+            let writers = (0..4).map(|_| {
+                let log = Arc::clone(&log);
+                let next_number = Arc::clone(&next_number);
+                tokio::spawn(async move {
+                    while next_number.load(Ordering::Relaxed) + BATCH_RECORDS as u64 <= records + 1
+                    {
+                        if let Err(error) = log.append(batch(&next_number)).await {
+                            panic!("append failed: {error}");
+                        }
+                    }
+                })
+            });
+            for writer in futures::future::join_all(writers).await {
+                writer.unwrap_or_else(|error| panic!("{error}"));
+            }
+        });
+    }
+    let before = resident_kib();
+    let started = Instant::now();
+    let log = EmbeddedLog::open(dir, EmbeddedOptions::default())
+        .unwrap_or_else(|error| panic!("cannot open the log: {error}"));
+    let opened_in = started.elapsed();
+    let after = resident_kib();
+    let head = runtime
+        .block_on(log.head())
+        .unwrap_or_else(|error| panic!("{error}"));
+    println!(
+        "open: a log of {head} records adds {:.1} MiB of resident memory ({:.1} bytes per record), opened in {:.1} s",
+        (after.saturating_sub(before)) as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 * 1024.0 / head.max(1) as f64,
+        opened_in.as_secs_f64()
+    );
+}
+
 fn append(criterion: &mut Criterion) {
     let runtime = runtime();
+    if let Some(dir) = std::env::var_os("EMBEDDED_BENCH_OPEN_DIR") {
+        open_memory(&runtime, std::path::Path::new(&dir));
+        return;
+    }
     let mut group = criterion.benchmark_group("append");
     group.throughput(Throughput::Elements(BATCH_RECORDS as u64));
     group.sample_size(30);
@@ -262,6 +328,9 @@ fn append_summary(runtime: &tokio::runtime::Runtime) {
 }
 
 fn read(criterion: &mut Criterion) {
+    if std::env::var_os("EMBEDDED_BENCH_OPEN_DIR").is_some() {
+        return;
+    }
     let runtime = runtime();
     let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
     let log = open(&dir);
