@@ -73,6 +73,11 @@ impl KeyIndex {
         self.take_own();
     }
 
+    /// How many own keys wait behind a gap.
+    pub(crate) fn own_waiting(&self) -> usize {
+        self.own.len()
+    }
+
     /// Moves own keys that continue the index into it.
     fn take_own(&mut self) {
         while let Some(entry) = self.own.first_entry() {
@@ -155,6 +160,7 @@ mod tests {
         index.insert("e-1", 1);
         index.record_own([(4, "e-4"), (5, "e-5"), (7, "e-7")]);
         assert_eq!(index.through(), 1);
+        assert_eq!(index.own_waiting(), 3);
         assert_eq!(index.gaps(8), vec![(2, 2), (6, 1), (8, 1)]);
         assert_eq!(index.gaps(5), vec![(2, 2)]);
         assert!(index.gaps(1).is_empty() && index.gaps(0).is_empty());

@@ -142,6 +142,8 @@ const RECORDED_AT_HEADER: &str = "Toxaudit-Recorded-At";
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 /// Reads up to this many records use a direct get, longer ones a consumer.
 const DIRECT_READ_MAX: usize = 256;
+/// Own keys the index may hold behind a gap before an append reads the gap.
+const MAX_OWN_KEYS_WAITING: usize = 100_000;
 /// Records read at once to check keys the index knows.
 const LOOKUP_READS_IN_FLIGHT: usize = 64;
 /// How often an append retries after the server reported a key inside the
@@ -690,17 +692,24 @@ impl JetStreamLog {
                 Ok(positions) => positions,
                 Err(failure) => return Ok(Err(failure)),
             };
-            self.inner.key_index.lock().await.record_own(
-                new_records
-                    .iter()
-                    .zip(&positions)
-                    .filter_map(|(&index, outcome)| match outcome {
-                        AppendOutcome::Appended { position } => {
-                            Some((*position, records[index].key.as_str()))
-                        }
-                        AppendOutcome::Duplicate { .. } => None,
-                    }),
-            );
+            let mut key_index = self.inner.key_index.lock().await;
+            key_index.record_own(new_records.iter().zip(&positions).filter_map(
+                |(&index, outcome)| match outcome {
+                    AppendOutcome::Appended { position } => {
+                        Some((*position, records[index].key.as_str()))
+                    }
+                    AppendOutcome::Duplicate { .. } => None,
+                },
+            ));
+            // Own keys waiting behind another writer's records take memory
+            // until a catch-up reads those: bound them.
+            if key_index.own_waiting() > MAX_OWN_KEYS_WAITING
+                && let Err(error) = self.catch_up_locked(&mut key_index).await
+            {
+                // The batch is stored; the next append catches up again.
+                tracing::warn!(%error, "catching up the key index after an append");
+            }
+            drop(key_index);
             for (&index, outcome) in new_records.iter().zip(positions) {
                 outcomes[index] = Some(outcome);
             }

@@ -424,3 +424,67 @@ async fn records_read_back_their_principal_and_time_in_the_old_and_the_new_heade
     ensure!(log.read(1, 1000).await? == read);
     Ok(())
 }
+
+/// An instance indexes its own appends from their acknowledgements and reads
+/// only the records other writers put between them; once the server's
+/// duplicate window has passed, both kinds of key are still found.
+#[tokio::test]
+async fn own_keys_and_other_writers_keys_between_them_are_both_indexed() -> Result<()> {
+    let server = NatsServer::start().await?;
+    let window = Duration::from_secs(1);
+    let options = JetStreamOptions {
+        duplicate_window: window,
+        ..test_options(BatchMode::Atomic)
+    };
+    let first = JetStreamLog::connect(&server.url(), options.clone()).await?;
+    let second = JetStreamLog::connect(&server.url(), options).await?;
+    let batch = |from: usize, stream: &str| -> Vec<eventlog::NewRecord> {
+        (from..from + 3)
+            .map(|n| record(&format!("e-{n}"), stream, &format!("{n}")))
+            .collect()
+    };
+    first
+        .append(AppendBatch::new(batch(1, "leeds.L-1")))
+        .await?;
+    second
+        .append(AppendBatch::new(batch(4, "leeds.L-2")))
+        .await?;
+    first
+        .append(AppendBatch::new(batch(7, "leeds.L-1")))
+        .await?;
+    second
+        .append(AppendBatch::new(batch(10, "leeds.L-2")))
+        .await?;
+    wait_out_the_duplicate_window(&server, window).await?;
+    // Reads positions 4-6 and 10-12 (the other writer's) for the first
+    // instance, 1-3 and 7-9 for the second.
+    first.catch_up_key_index().await?;
+    second.catch_up_key_index().await?;
+    for log in [&first, &second] {
+        let again = log
+            .append(AppendBatch::new(
+                [batch(1, "leeds.L-1"), batch(4, "leeds.L-2")].concat(),
+            ))
+            .await?;
+        let expected: Vec<_> = (1..=6)
+            .map(|position| AppendOutcome::Duplicate { position })
+            .collect();
+        ensure!(again == expected, "{again:?}");
+        let conflict = log
+            .append(AppendBatch::new(vec![record("e-11", "leeds.L-2", "other")]))
+            .await;
+        ensure!(
+            matches!(&conflict, Err(LogError::KeyConflict { key, position: 11 }) if key == "e-11"),
+            "{conflict:?}"
+        );
+        let conflict = log
+            .append(AppendBatch::new(vec![record("e-8", "leeds.L-1", "other")]))
+            .await;
+        ensure!(
+            matches!(&conflict, Err(LogError::KeyConflict { key, position: 8 }) if key == "e-8"),
+            "{conflict:?}"
+        );
+    }
+    ensure!(first.head().await? == 12, "nothing more was stored");
+    Ok(())
+}
