@@ -19,9 +19,10 @@
 //! it is at the head of the log: live, after each chunk of a record or a
 //! few, so every change is published. Catching up from far behind (a
 //! restart, a `--rebuild`: chunks of a full read, the head further on), the
-//! changes wait up to a second, so that a patient whose events span many
-//! chunks is assessed and serialised once rather than once a chunk, and a
-//! patient's intermediate assessments are not published, only their latest.
+//! changes wait up to a second (and for at most 1024 patients), so that a
+//! patient whose events span many chunks is assessed and serialised once
+//! rather than once a chunk, and a patient's intermediate assessments are
+//! not published, only their latest.
 //! Whatever the chunking and timing, every derived event published is the
 //! one a record-by-record fold publishes for the same id (same id, same
 //! message), and each patient's latest assessment is always published.
@@ -178,6 +179,11 @@ const BULK_CHUNK_RECORDS: usize = 512;
 /// Changes are never kept pending longer than this while catching up.
 const MAX_PENDING: Duration = Duration::from_secs(1);
 
+/// Nor for more patients than this: their derived events are published in
+/// one burst, each with the patient's whole assessment as JSON (~15 KB for
+/// a long history), which a lagging bus subscriber holds in memory.
+const MAX_PENDING_PATIENTS: usize = 1024;
+
 /// The projection: the cohort, how far it has folded, and the changes not
 /// published yet. Nothing else is kept per patient: whether an event changes
 /// an assessment is told from the cohort's log, not from what was last
@@ -311,11 +317,13 @@ impl Projection {
             .collect()
     }
 
-    /// True when pending changes have waited long enough to be published
-    /// even while catching up.
+    /// True when pending changes have waited long enough, or are for
+    /// enough patients, to be published even while catching up.
     fn pending_too_long(&self) -> bool {
-        self.pending_since
-            .is_some_and(|since| since.elapsed() >= MAX_PENDING)
+        self.pending.len() >= MAX_PENDING_PATIENTS
+            || self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= MAX_PENDING)
     }
 }
 
