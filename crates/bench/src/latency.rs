@@ -8,7 +8,9 @@
 //!
 //! The baseline, measured in the same run, is the same interval up to the
 //! moment reporting's projection folded the position (its in-process
-//! position watch): what the watch stream adds on top is the push pacing.
+//! position watch): what the watch stream adds on top is computing,
+//! encoding and sending the push. `folded_to_watch` (printed, not a figure)
+//! is that addition alone, event by event.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
