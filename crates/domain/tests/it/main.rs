@@ -11,6 +11,7 @@ mod audit_builder;
 mod audit_properties;
 mod audit_reference;
 mod change;
+mod fingerprint;
 mod ndjson;
 mod roundtrip;
 mod snapshots;
