@@ -7,7 +7,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use domain::{ClinicalDate, ndjson::parse_line};
-use proto::convert::{decode_event, encode_event};
+use prost::Message;
+use proto::{
+    convert::{decode_event, encode_event, raw_from_proto, recorded_from_parts},
+    v1,
+};
 use std::hint::black_box;
 
 const TYPICAL_LINES: [&str; 3] = [
@@ -28,6 +32,33 @@ fn decoding(criterion: &mut Criterion) {
         group.bench_function(format!("decode_{name}_{}_bytes", record.len()), |bencher| {
             bencher.iter(|| decode_event(black_box(record)).unwrap())
         });
+        // What a projection's replay calls per record: the log's facts and
+        // the decoded event.
+        group.bench_function(
+            format!("recorded_{name}_{}_bytes", record.len()),
+            |bencher| {
+                bencher.iter(|| {
+                    recorded_from_parts(
+                        black_box(7),
+                        black_box(1_764_095_700_123_456),
+                        black_box("leeds-writer"),
+                        black_box(record),
+                    )
+                    .unwrap()
+                })
+            },
+        );
+        // Baseline in the same run: prost's message, then the same
+        // validation (the path of records the fast reader does not expect).
+        group.bench_function(
+            format!("prost_baseline_{name}_{}_bytes", record.len()),
+            |bencher| {
+                bencher.iter(|| {
+                    let message = v1::Event::decode(black_box(&record[..])).unwrap();
+                    domain::raw::validate_stored(raw_from_proto(message)).unwrap()
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -210,8 +210,11 @@ pub fn encode_event(event: &Event) -> Bytes {
 /// prost instead, which has the full protobuf semantics; both end in the
 /// same validation.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    match borrowed::raw_event(bytes) {
-        Some(raw) => Ok(validate_stored(raw)?),
+    // Filled in place: a raw event is some 600 bytes, and returning it
+    // through an `Option` cost a copy per record.
+    let mut raw = RawEvent::default();
+    match borrowed::fill(bytes, &mut raw) {
+        Some(()) => Ok(validate_stored(raw)?),
         None => {
             let message = v1::Event::decode(bytes)?;
             Ok(validate_stored(raw_from_proto(message))?)
@@ -297,9 +300,18 @@ mod borrowed {
         }
     }
 
+    /// The raw event of a record, or `None` for prost to read it.
+    #[cfg(test)]
     pub(super) fn raw_event(bytes: &[u8]) -> Option<RawEvent<&str>> {
-        let mut reader = Reader { bytes };
         let mut raw = RawEvent::default();
+        fill(bytes, &mut raw)?;
+        Some(raw)
+    }
+
+    /// Reads a record into `raw` (a default one), or `None` (leaving `raw`
+    /// half filled) for prost to read it.
+    pub(super) fn fill<'a>(bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
+        let mut reader = Reader { bytes };
         let mut has_body = false;
         while let Some((field, wire)) = reader.key()? {
             if wire != LENGTH_DELIMITED {
@@ -312,12 +324,12 @@ mod borrowed {
                 4 => once(&mut raw.occurred_on, text(reader.text()?))?,
                 10..=16 if !has_body => {
                     has_body = true;
-                    body(field, reader.length_delimited()?, &mut raw)?;
+                    body(field, reader.length_delimited()?, raw)?;
                 }
                 _ => return None,
             }
         }
-        Some(raw)
+        Some(())
     }
 
     fn body<'a>(field: u64, bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
