@@ -210,11 +210,8 @@ pub fn encode_event(event: &Event) -> Bytes {
 /// prost instead, which has the full protobuf semantics; both end in the
 /// same validation.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    // Filled in place: a raw event is some 600 bytes, and returning it
-    // through an `Option` cost a copy per record.
-    let mut raw = RawEvent::default();
-    match borrowed::fill(bytes, &mut raw) {
-        Some(()) => Ok(validate_stored(raw)?),
+    match borrowed::raw_event(bytes) {
+        Some(raw) => Ok(validate_stored(raw)?),
         None => {
             let message = v1::Event::decode(bytes)?;
             Ok(validate_stored(raw_from_proto(message))?)
@@ -300,18 +297,9 @@ mod borrowed {
         }
     }
 
-    /// The raw event of a record, or `None` for prost to read it.
-    #[cfg(test)]
     pub(super) fn raw_event(bytes: &[u8]) -> Option<RawEvent<&str>> {
-        let mut raw = RawEvent::default();
-        fill(bytes, &mut raw)?;
-        Some(raw)
-    }
-
-    /// Reads a record into `raw` (a default one), or `None` (leaving `raw`
-    /// half filled) for prost to read it.
-    pub(super) fn fill<'a>(bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
         let mut reader = Reader { bytes };
+        let mut raw = RawEvent::default();
         let mut has_body = false;
         while let Some((field, wire)) = reader.key()? {
             if wire != LENGTH_DELIMITED {
@@ -324,12 +312,12 @@ mod borrowed {
                 4 => once(&mut raw.occurred_on, text(reader.text()?))?,
                 10..=16 if !has_body => {
                     has_body = true;
-                    body(field, reader.length_delimited()?, raw)?;
+                    body(field, reader.length_delimited()?, &mut raw)?;
                 }
                 _ => return None,
             }
         }
-        Some(())
+        Some(raw)
     }
 
     fn body<'a>(field: u64, bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
