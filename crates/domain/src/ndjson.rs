@@ -95,9 +95,10 @@ pub fn recorded_to_line(recorded: &RecordedEvent) -> String {
     line
 }
 
-/// The content identity of an event: xxh3-128 of its canonical line. The
-/// same `event_id` with the same fingerprint is a duplicate, with another
-/// one a conflict.
+/// xxh3-128 of an event's canonical line: equal exactly when two events'
+/// canonical lines are equal. Admission decides duplicates and conflicts with
+/// the cheaper [`crate::admission::content_fingerprint`], which a property
+/// test holds to this definition; this one stays as its reference.
 pub fn fingerprint(event: &Event) -> u128 {
     xxhash_rust::xxh3::xxh3_128(to_line(event).as_bytes())
 }
