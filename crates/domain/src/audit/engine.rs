@@ -955,7 +955,11 @@ mod tests {
                 let mut total = 0;
                 for (bit, muscle) in Muscle::ALL.iter().enumerate() {
                     if choice >> bit & 1 == 1 {
-                        let units = 1 + (choice >> 16) % 40;
+                        // At most the product's hard maximum shared out over every
+                        // muscle, so the total of any muscle set stays valid.
+                        let per_muscle_cap =
+                            (product.hard_maximum_units() / Muscle::ALL.len() as u32).clamp(1, 40);
+                        let units = 1 + (choice >> 16) % per_muscle_cap;
                         total += units;
                         muscles.push(MuscleDose {
                             muscle: *muscle,
