@@ -188,6 +188,22 @@ enum Ready {
 }
 
 impl Projection {
+    /// A projection holding `cohort`, folded up to `folded_to`.
+    fn new(cohort: Cohort, folded_to: u64) -> Arc<Self> {
+        let (position, _) = watch::channel(folded_to);
+        Arc::new(Self {
+            folded: Mutex::new(Folded {
+                cohort,
+                latest: None,
+                next_watch_report: Instant::now(),
+                folded_since_report: 0,
+            }),
+            position,
+            folded_here: AtomicU64::new(0),
+            watchers: AtomicUsize::new(0),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Folded> {
         // A panic in a fold leaves at worst a partly applied chunk, which
         // the next report reflects; there is nothing better to serve.
@@ -366,19 +382,8 @@ impl Reporting {
         .await?;
         let (checkpoint_position, cohort) =
             restored.unwrap_or_else(|| (0, Cohort::new(parameters)));
-        let (position, _) = watch::channel(checkpoint_position);
         Ok(Self {
-            projection: Arc::new(Projection {
-                folded: Mutex::new(Folded {
-                    cohort,
-                    latest: None,
-                    next_watch_report: Instant::now(),
-                    folded_since_report: 0,
-                }),
-                position,
-                folded_here: AtomicU64::new(0),
-                watchers: AtomicUsize::new(0),
-            }),
+            projection: Projection::new(cohort, checkpoint_position),
             checkpointer,
             log,
         })
@@ -668,18 +673,7 @@ mod tests {
     }
 
     fn empty_projection() -> Arc<Projection> {
-        let (position, _) = watch::channel(0);
-        Arc::new(Projection {
-            folded: Mutex::new(Folded {
-                cohort: Cohort::new(RuleParameters::default()),
-                latest: None,
-                next_watch_report: Instant::now(),
-                folded_since_report: 0,
-            }),
-            position,
-            folded_here: AtomicU64::new(0),
-            watchers: AtomicUsize::new(0),
-        })
+        Projection::new(Cohort::new(RuleParameters::default()), 0)
     }
 
     /// The report of a cohort that folded `records` and reported only at
