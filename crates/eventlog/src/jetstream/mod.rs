@@ -452,14 +452,8 @@ impl JetStreamLog {
                         messages.len()
                     )));
                 }
-                for (offset, message) in messages.into_iter().enumerate() {
-                    if message.sequence != from + offset as u64 {
-                        return Err(LogError::Corrupt(format!(
-                            "expected position {} but the stream returned {}",
-                            from + offset as u64,
-                            message.sequence
-                        )));
-                    }
+                check_consecutive(from, &messages)?;
+                for message in messages {
                     let key = header(&message.headers, KEY_HEADER, message.sequence)?;
                     index.insert(&key, message.sequence);
                 }
@@ -1078,15 +1072,7 @@ impl EventLog for JetStreamLog {
         let messages = if max <= DIRECT_READ_MAX {
             // A short read: one batched direct get, no consumer to set up.
             let messages = self.direct_events(Request::Range { from, max }).await?;
-            for (offset, message) in messages.iter().enumerate() {
-                if message.sequence != from + offset as u64 {
-                    return Err(LogError::Corrupt(format!(
-                        "expected position {} but the stream returned {}",
-                        from + offset as u64,
-                        message.sequence
-                    )));
-                }
-            }
+            check_consecutive(from, &messages)?;
             messages
         } else {
             // A long read (a replay): an ordered consumer streams it far faster.
@@ -1416,4 +1402,19 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A direct get of a range must return consecutive sequences from `from`:
+/// anything else means the stream is not what this log wrote.
+fn check_consecutive(from: u64, messages: &[StoredMessage]) -> Result<(), LogError> {
+    for (offset, message) in messages.iter().enumerate() {
+        let expected = from + offset as u64;
+        if message.sequence != expected {
+            return Err(LogError::Corrupt(format!(
+                "expected position {expected} but the stream returned {}",
+                message.sequence
+            )));
+        }
+    }
+    Ok(())
 }
