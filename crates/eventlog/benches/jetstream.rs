@@ -19,7 +19,10 @@
 //! a change in the machine's load hits every side alike; besides the backend
 //! and the plain raw publish it times what the contract demands on its own
 //! (raw publishes with `Nats-Msg-Id`, raw atomic batches with and without the
-//! backend's metadata header), to show where the gap to raw comes from.
+//! backend's metadata, in its envelope and in the headers of before), to show
+//! where the gap to raw comes from, and two appends in flight at once against
+//! 2 x 1000 raw publishes in flight. `JETSTREAM_BENCH_ONLY_SIDE=<n>` runs only
+//! the summary's side `n` (see `SIDES`), 2000 rounds, for `perf record`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,20 +43,47 @@ const INTERLEAVED_ROUNDS: usize = 60;
 /// What the summary times, in this order (see `summary`).
 #[derive(Clone, Copy)]
 enum Side {
+    /// One append of 1000 records through the backend.
     Backend,
+    /// 1000 plain async publishes in flight, then every acknowledgement.
     Raw,
     RawWithHeaders(RawHeaders),
     RawAtomic(RawHeaders),
+    /// [`CONCURRENT`] appends of 1000 through the backend at once, each in
+    /// its own task (as ingest serving that many clients).
+    BackendConcurrent,
+    /// [`CONCURRENT`] × 1000 plain publishes in flight, from as many tasks.
+    RawConcurrent,
+    /// [`CONCURRENT`] × 1000 plain publishes in flight from one task.
+    RawConcurrentOneTask,
 }
 
-const SIDES: [Side; 7] = [
+impl Side {
+    fn records_per_round(self) -> usize {
+        match self {
+            Side::BackendConcurrent | Side::RawConcurrent | Side::RawConcurrentOneTask => {
+                CONCURRENT * BATCH_RECORDS
+            }
+            _ => BATCH_RECORDS,
+        }
+    }
+}
+
+/// Batches of 1000 in flight at once in the concurrent sides.
+const CONCURRENT: usize = 2;
+
+const SIDES: [Side; 11] = [
     Side::Backend,
     Side::Raw,
-    Side::RawWithHeaders(RawHeaders::Backend),
+    Side::RawWithHeaders(RawHeaders::Envelope),
     Side::RawWithHeaders(RawHeaders::MessageId),
     Side::RawAtomic(RawHeaders::MessageId),
-    Side::RawAtomic(RawHeaders::Backend),
-    Side::RawAtomic(RawHeaders::Previous),
+    Side::RawAtomic(RawHeaders::Envelope),
+    Side::RawAtomic(RawHeaders::OneHeader),
+    Side::RawAtomic(RawHeaders::TwoHeaders),
+    Side::BackendConcurrent,
+    Side::RawConcurrent,
+    Side::RawConcurrentOneTask,
 ];
 
 fn new_record(number: u64) -> NewRecord {
@@ -170,32 +200,50 @@ async fn publish_raw(raw: &jetstream::Context, batch: Vec<NewRecord>) {
     }
 }
 
-/// Which headers a raw publish carries, to show what each costs the server.
+/// How a raw publish carries the metadata, to show what each costs the server.
 #[derive(Clone, Copy)]
 enum RawHeaders {
-    /// The key as message id (the server's duplicate check) only.
+    /// The key as message id (the server's duplicate check), nothing else.
     MessageId,
-    /// The metadata headers the backend sends: key as message id, append
-    /// time and principal in one header.
-    Backend,
-    /// Those the backend sent before: principal and time in two headers.
-    Previous,
+    /// What the backend sends: the key as message id, append time and
+    /// principal in a line in front of the payload (its envelope).
+    Envelope,
+    /// The key as message id, append time and principal in one header (the
+    /// backend's format of session 2).
+    OneHeader,
+    /// The key as message id, principal and time in two headers (session 1).
+    TwoHeaders,
 }
 
 /// The headers beside the message id (see [`RawHeaders`]).
 fn add_metadata(headers: &mut async_nats::HeaderMap, record: &NewRecord, which: RawHeaders) {
     match which {
-        RawHeaders::MessageId => {}
-        RawHeaders::Backend => {
+        RawHeaders::MessageId | RawHeaders::Envelope => {}
+        RawHeaders::OneHeader => {
             headers.insert(
                 "Toxaudit-Recorded",
                 format!("1764000000000000 {}", record.principal),
             );
         }
-        RawHeaders::Previous => {
+        RawHeaders::TwoHeaders => {
             headers.insert("Toxaudit-Principal", record.principal.as_str());
             headers.insert("Toxaudit-Recorded-At", "1764000000000000");
         }
+    }
+}
+
+/// The payload as sent (see [`RawHeaders`]): with the backend's envelope
+/// line in front for [`RawHeaders::Envelope`], untouched otherwise.
+fn raw_payload(record: &NewRecord, which: RawHeaders) -> Bytes {
+    match which {
+        RawHeaders::Envelope => {
+            let line = format!("1 1764000000000000 {}\n", record.principal);
+            let mut enveloped = Vec::with_capacity(line.len() + record.payload.len());
+            enveloped.extend_from_slice(line.as_bytes());
+            enveloped.extend_from_slice(&record.payload);
+            Bytes::from(enveloped)
+        }
+        _ => record.payload.clone(),
     }
 }
 
@@ -212,7 +260,7 @@ async fn publish_raw_with_headers(
         add_metadata(&mut headers, &record, which);
         let subject = format!("raw.{}", record.stream);
         acknowledgements.push(or_die(
-            raw.publish_with_headers(subject, headers, record.payload)
+            raw.publish_with_headers(subject, headers, raw_payload(&record, which))
                 .await,
             "publishing raw",
         ));
@@ -242,19 +290,18 @@ async fn publish_raw_atomic_batch(
         headers.insert("Nats-Batch-Id", batch_id.as_str());
         headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
         let subject = format!("atomic.{}", record.stream);
+        let payload = raw_payload(&record, which);
         if index + 1 == count {
             headers.insert("Nats-Batch-Commit", "1");
             or_die(
                 client
-                    .publish_with_reply_and_headers(subject, inbox.clone(), headers, record.payload)
+                    .publish_with_reply_and_headers(subject, inbox.clone(), headers, payload)
                     .await,
                 "publishing the commit",
             );
         } else {
             or_die(
-                client
-                    .publish_with_headers(subject, headers, record.payload)
-                    .await,
+                client.publish_with_headers(subject, headers, payload).await,
                 "publishing a batch message",
             );
         }
@@ -382,12 +429,60 @@ fn summary(_criterion: &mut Criterion) {
         // One batch of each side in turn, round after round, so a change in
         // the machine's load (2 shared CPUs) hits every side alike; the
         // median batch time of each side gives its rate.
+        // For profiling one side alone (`perf record -p <nats-server>`):
+        // JETSTREAM_BENCH_ONLY_SIDE=<index into SIDES> runs just that one.
+        let only: Option<usize> = std::env::var("JETSTREAM_BENCH_ONLY_SIDE")
+            .ok()
+            .and_then(|value| value.parse().ok());
+        let rounds = if only.is_some() { 2000 } else { INTERLEAVED_ROUNDS };
         let mut seconds = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); SIDES.len()];
-        for _ in 0..INTERLEAVED_ROUNDS {
-            for (side, times) in SIDES.iter().zip(&mut seconds) {
+        for _ in 0..rounds {
+            for (index, (side, times)) in SIDES.iter().zip(&mut seconds).enumerate() {
+                if only.is_some_and(|only| only != index) {
+                    continue;
+                }
                 let batch = records(&numbers);
                 let started = Instant::now();
                 match side {
+                    Side::BackendConcurrent => {
+                        let tasks: Vec<_> = (0..CONCURRENT)
+                            .map(|slot| {
+                                let log = setup.log.clone();
+                                let batch = if slot == 0 {
+                                    batch.clone()
+                                } else {
+                                    records(&numbers)
+                                };
+                                tokio::spawn(async move { append_through_log(&log, batch).await })
+                            })
+                            .collect();
+                        for task in tasks {
+                            or_die(task.await, "joining an append");
+                        }
+                    }
+                    Side::RawConcurrent => {
+                        let tasks: Vec<_> = (0..CONCURRENT)
+                            .map(|slot| {
+                                let raw = setup.raw.clone();
+                                let batch = if slot == 0 {
+                                    batch.clone()
+                                } else {
+                                    records(&numbers)
+                                };
+                                tokio::spawn(async move { publish_raw(&raw, batch).await })
+                            })
+                            .collect();
+                        for task in tasks {
+                            or_die(task.await, "joining a publish");
+                        }
+                    }
+                    Side::RawConcurrentOneTask => {
+                        let mut all = batch;
+                        for _ in 1..CONCURRENT {
+                            all.extend(records(&numbers));
+                        }
+                        publish_raw(&setup.raw, all).await
+                    }
                     Side::Backend => append_through_log(&setup.log, batch).await,
                     Side::Raw => publish_raw(&setup.raw, batch).await,
                     Side::RawWithHeaders(which) => {
@@ -403,42 +498,78 @@ fn summary(_criterion: &mut Criterion) {
         let rate = |side: usize| {
             let times = &mut seconds[side].clone();
             times.sort_by(f64::total_cmp);
-            BATCH_RECORDS as f64 / times[times.len() / 2]
+            SIDES[side].records_per_round() as f64 / times[times.len() / 2]
         };
-        let [backend, raw, raw_with_headers, message_id_only, atomic, atomic_with_headers, atomic_previous] =
-            [0, 1, 2, 3, 4, 5, 6].map(rate);
+        if let Some(only) = only {
+            println!("side {only} alone: {:.0} records/s", rate(only));
+            return;
+        }
+        let [
+            backend,
+            raw,
+            raw_envelope,
+            raw_message_id,
+            atomic_message_id,
+            atomic_envelope,
+            atomic_one_header,
+            atomic_two_headers,
+            backend_concurrent,
+            raw_concurrent,
+            raw_concurrent_one_task,
+        ] = std::array::from_fn(rate);
         print_ratio("append, batches of 1000", backend, raw);
         print_ratio(
-            "append, batches of 1000 (raw with the same metadata headers)",
+            "append, batches of 1000 (raw async publish with the same metadata: message id, envelope)",
             backend,
-            raw_with_headers,
+            raw_envelope,
+        );
+        // Two appends at once (two callers): the raw side has as many
+        // publishes in flight as the backend has records in flight.
+        print_ratio(
+            &format!(
+                "append, {CONCURRENT} batches of 1000 in flight (raw: {CONCURRENT} x 1000 publishes in flight, {CONCURRENT} tasks)"
+            ),
+            backend_concurrent,
+            raw_concurrent,
+        );
+        print_ratio(
+            &format!(
+                "append, {CONCURRENT} batches of 1000 in flight (raw: {CONCURRENT} x 1000 publishes in flight, one task)"
+            ),
+            backend_concurrent,
+            raw_concurrent_one_task,
         );
         // What the server spends on what the contract demands, each against
         // the plain raw publish (informational: where the gap comes from).
         print_ratio(
             "raw async publish with Nats-Msg-Id only (vs plain raw)",
-            message_id_only,
+            raw_message_id,
             raw,
         );
         print_ratio(
-            "raw atomic batch of 1000 with the backend's previous two metadata headers (vs plain raw)",
-            atomic_previous,
+            "raw atomic batch of 1000, Nats-Msg-Id + batch headers only: the contract's floor (vs plain raw)",
+            atomic_message_id,
             raw,
         );
         print_ratio(
-            "raw atomic batch of 1000, Nats-Msg-Id + batch headers only (vs plain raw)",
-            atomic,
+            "raw atomic batch of 1000 as the backend sends it: + metadata in an envelope (vs plain raw)",
+            atomic_envelope,
             raw,
         );
         print_ratio(
-            "raw atomic batch of 1000 with the backend's headers (vs plain raw)",
-            atomic_with_headers,
+            "raw atomic batch of 1000, metadata in one header as in session 2 (vs plain raw)",
+            atomic_one_header,
             raw,
         );
         print_ratio(
-            "backend append vs that raw atomic batch (the backend's own cost)",
+            "raw atomic batch of 1000, metadata in two headers as in session 1 (vs plain raw)",
+            atomic_two_headers,
+            raw,
+        );
+        print_ratio(
+            "backend append vs the raw atomic batch as the backend sends it (the backend's own cost)",
             backend,
-            atomic_with_headers,
+            atomic_envelope,
         );
 
         // The catch-up every quarter duplicate window indexes the keys appended

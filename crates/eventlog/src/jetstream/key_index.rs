@@ -65,9 +65,14 @@ impl KeyIndex {
     /// the server's acknowledgement), so no catch-up has to read them.
     pub(crate) fn record_own<'k>(&mut self, stored: impl IntoIterator<Item = (u64, &'k str)>) {
         for (position, key) in stored {
-            // At or below `through` a catch-up has already read it.
-            if position > self.through {
-                self.own.insert(position, xxh3_64(key.as_bytes()));
+            let hash = xxh3_64(key.as_bytes());
+            // At or below `through` a catch-up has already read it; right
+            // after it (the usual case: nobody else wrote in between) it
+            // continues the index at once.
+            if position == self.through + 1 {
+                self.insert_hash(hash, position);
+            } else if position > self.through {
+                self.own.insert(position, hash);
             }
         }
         self.take_own();

@@ -361,38 +361,51 @@ async fn an_append_right_after_the_last_one_on_its_stream_is_not_refused() -> Re
     Ok(())
 }
 
-/// The principal and the append time travel in one header now; records
-/// appended with the two headers of before (as a hub may still hold, and as
-/// another writer may publish) still read with their principal and time.
+/// The principal and the append time travel in an envelope in front of the
+/// payload now; records appended with the one header of session 2 or the two
+/// headers of session 1 (as a hub may still hold, and as another writer may
+/// publish) still read with their principal, time and untouched payload.
 #[tokio::test]
-async fn records_read_back_their_principal_and_time_in_the_old_and_the_new_header_format()
--> Result<()> {
+async fn records_read_back_their_principal_and_time_in_every_format_ever_written() -> Result<()> {
+    use futures::StreamExt;
     let server = NatsServer::start().await?;
     let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let mut new = record("e-new", "leeds.L-1", "new");
+    let mut new = record("e-new", "leeds.L-1", "new\npayload");
     new.principal = "Dr J. Smith@leeds".to_owned();
     log.append(AppendBatch::new(vec![new.clone()])).await?;
     let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
 
     let client = async_nats::connect(server.url()).await?;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "e-old");
-    headers.insert("Toxaudit-Principal", "old%20hand@leeds");
-    headers.insert("Toxaudit-Recorded-At", "1790000000000000");
     let jetstream = async_nats::jetstream::new(client);
-    jetstream
-        .publish_with_headers(
-            "toxaudit-test.events.leeds.L-1",
-            headers,
-            Bytes::from_static(b"old"),
-        )
-        .await?
-        .await?;
+    let mut two_headers = async_nats::HeaderMap::new();
+    two_headers.insert("Nats-Msg-Id", "e-old");
+    two_headers.insert("Toxaudit-Principal", "old%20hand@leeds");
+    two_headers.insert("Toxaudit-Recorded-At", "1790000000000000");
+    let mut one_header = async_nats::HeaderMap::new();
+    one_header.insert("Nats-Msg-Id", "e-session-2");
+    one_header.insert("Toxaudit-Recorded", "1790000000000001 second%20hand@leeds");
+    for (headers, payload) in [
+        (two_headers, "old"),
+        (one_header, "1 2 looks like an envelope\n"),
+    ] {
+        jetstream
+            .publish_with_headers(
+                "toxaudit-test.events.leeds.L-1",
+                headers,
+                Bytes::from_static(payload.as_bytes()),
+            )
+            .await?
+            .await?;
+    }
 
     let read = log.read(1, 10).await?;
-    ensure!(read.len() == 2, "{read:?}");
-    ensure!(read[0].principal == new.principal, "{:?}", read[0]);
+    ensure!(read.len() == 3, "{read:?}");
+    ensure!(
+        read[0].principal == new.principal && read[0].payload == new.payload,
+        "{:?}",
+        read[0]
+    );
     let micros = |duration: Duration| i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
     ensure!(
         (micros(before)..=micros(after)).contains(&read[0].recorded_at_micros),
@@ -401,27 +414,43 @@ async fn records_read_back_their_principal_and_time_in_the_old_and_the_new_heade
     );
     ensure!(
         read[1].principal == "old hand@leeds"
-            && read[1].recorded_at_micros == 1_790_000_000_000_000,
+            && read[1].recorded_at_micros == 1_790_000_000_000_000
+            && read[1].payload.as_ref() == b"old",
         "{:?}",
         read[1]
+    );
+    ensure!(
+        read[2].principal == "second hand@leeds"
+            && read[2].recorded_at_micros == 1_790_000_000_000_001
+            && read[2].payload.as_ref() == b"1 2 looks like an envelope\n",
+        "{:?}",
+        read[2]
     );
     let stored = jetstream
         .get_stream("EVENTS")
         .await?
         .get_raw_message(1)
         .await?;
-    let recorded = stored
-        .headers
-        .get("Toxaudit-Recorded")
-        .map(|value| value.as_str().to_owned())
-        .unwrap_or_default();
     ensure!(
-        recorded.ends_with(" Dr%20J.%20Smith@leeds")
-            && stored.headers.get("Toxaudit-Principal").is_none(),
-        "one header holds time and principal: {recorded:?}"
+        stored.headers.get("Toxaudit-Recorded").is_none()
+            && stored.headers.get("Toxaudit-Principal").is_none()
+            && stored.headers.get("Toxaudit-Recorded-At").is_none(),
+        "no metadata header: {:?}",
+        stored.headers
     );
-    // The long read (an ordered consumer) reads both formats alike.
+    let line = format!("1 {} Dr%20J.%20Smith@leeds\n", read[0].recorded_at_micros);
+    ensure!(
+        stored.payload.as_ref() == [line.as_bytes(), b"new\npayload"].concat().as_slice(),
+        "the envelope's line, then the payload: {:?}",
+        stored.payload
+    );
+    // The long read (an ordered consumer) and the tail read every format alike.
     ensure!(log.read(1, 1000).await? == read);
+    let tailed: Vec<_> = log.tail(1).take(3).collect().await;
+    ensure!(
+        tailed.into_iter().collect::<Result<Vec<_>, _>>()? == read,
+        "the tail reads what read reads"
+    );
     Ok(())
 }
 
