@@ -167,7 +167,7 @@ impl Network {
         let position_at_centre: BTreeMap<&str, u64> = centres
             .values()
             .flatten()
-            .map(|record| (record.key.as_str(), record.position))
+            .map(|record| (&record.key[..], record.position))
             .collect();
         let jetstream = async_nats::jetstream::new(hub.client().clone());
         let stream = jetstream
@@ -191,11 +191,11 @@ impl Network {
                 .and_then(|token| token.parse().ok())
                 .with_context(|| format!("no sequence in Nats-Stream-Source {source:?}"))?;
             ensure!(
-                Some(&sequence) == position_at_centre.get(record.key.as_str()),
+                Some(&sequence) == position_at_centre.get(&record.key[..]),
                 "hub message {} ({}) came from position {sequence}, but its centre holds it at {:?}",
                 record.position,
                 record.key,
-                position_at_centre.get(record.key.as_str())
+                position_at_centre.get(&record.key[..])
             );
         }
         Ok(())
@@ -288,7 +288,7 @@ fn assert_union(
     let mut seen = HashSet::new();
     for record in hub {
         ensure!(
-            seen.insert(record.key.as_str()),
+            seen.insert(&record.key[..]),
             "the hub holds {} twice",
             record.key
         );
@@ -297,11 +297,11 @@ fn assert_union(
         let at_hub: Vec<(&str, &Bytes)> = hub
             .iter()
             .filter(|record| record.stream.split('.').next() == Some(centre.as_str()))
-            .map(|record| (record.key.as_str(), &record.payload))
+            .map(|record| (&record.key[..], &record.payload))
             .collect();
         let at_centre: Vec<(&str, &Bytes)> = records
             .iter()
-            .map(|record| (record.key.as_str(), &record.payload))
+            .map(|record| (&record.key[..], &record.payload))
             .collect();
         ensure!(
             at_hub == at_centre,
@@ -567,8 +567,8 @@ async fn resending_a_batch_after_a_lost_acknowledgement_never_duplicates_at_the_
             .split_once('.')
             .context("a stream without a centre")?;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", record.key.as_str());
-        headers.insert("Toxaudit-Key", record.key.as_str());
+        headers.insert("Nats-Msg-Id", &record.key[..]);
+        headers.insert("Toxaudit-Key", &record.key[..]);
         headers.insert("Toxaudit-Stream", record.stream.as_str());
         headers.insert("Toxaudit-Principal", record.principal.as_str());
         headers.insert("Toxaudit-Recorded-At", "1790000000000000");
@@ -584,7 +584,7 @@ async fn resending_a_batch_after_a_lost_acknowledgement_never_duplicates_at_the_
     // The demo holds exact duplicate lines: count what the leaf should hold.
     let distinct = leeds[..2 * BATCH]
         .iter()
-        .map(|record| record.key.as_str())
+        .map(|record| &record.key[..])
         .collect::<HashSet<_>>()
         .len() as u64;
     let deadline = Instant::now() + CONVERGENCE_DEADLINE;

@@ -649,9 +649,9 @@ mod tests {
                 Ok(Record {
                     position: index as u64 + 1,
                     recorded_at_micros: 1_700_000_000_000_000 + index as i64,
-                    key: event.event_id.to_string(),
-                    stream: format!("{}.{}", event.centre, event.patient),
-                    principal: "test".to_owned(),
+                    key: event.event_id.to_string().into(),
+                    stream: format!("{}.{}", event.centre, event.patient).into(),
+                    principal: "test".into(),
                     payload: proto::convert::encode_event(&event),
                 })
             })

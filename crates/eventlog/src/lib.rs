@@ -11,6 +11,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+pub use bytestring::ByteString;
 use futures::stream::BoxStream;
 
 pub mod embedded;
@@ -38,15 +39,22 @@ pub struct NewRecord {
 }
 
 /// A stored record, as read back.
+///
+/// Its text fields are [`ByteString`]s (UTF-8 checked, `Deref<Target = str>`,
+/// comparable with `&str` and `String`; `String::into()` builds one): the
+/// embedded log hands out every field of the records of one read as slices
+/// of one shared buffer, so reading a record allocates nothing of its own. A
+/// record kept for long keeps that read's buffer (a few hundred KiB at
+/// most) alive: keep what was decoded from it instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Global position, gap-free from 1.
     pub position: u64,
     /// When the log stored it, microseconds since the Unix epoch (UTC).
     pub recorded_at_micros: i64,
-    pub key: String,
-    pub stream: String,
-    pub principal: String,
+    pub key: ByteString,
+    pub stream: ByteString,
+    pub principal: ByteString,
     pub payload: Bytes,
 }
 

@@ -89,7 +89,7 @@ impl Admitted {
         self.position = record.position;
         self.folded_here += 1;
         self.stream_versions
-            .insert(record.stream.clone(), record.position);
+            .insert(record.stream.to_string(), record.position);
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::{LogError, NewRecord, Record};
 
@@ -43,6 +44,8 @@ pub(crate) struct FrameRef<'buffer> {
     pub(crate) stream: &'buffer [u8],
     pub(crate) principal: &'buffer [u8],
     pub(crate) payload: &'buffer [u8],
+    /// Key, stream, principal and payload together, as they lie in the frame.
+    pub(crate) fields: &'buffer [u8],
 }
 
 impl FrameRef<'_> {
@@ -50,21 +53,93 @@ impl FrameRef<'_> {
         self.flags & FLAG_BATCH_END != 0
     }
 
-    /// An owned [`Record`]: the only allocations of a read are here.
+    /// An owned [`Record`] of this frame alone.
+    #[cfg(test)]
     pub(crate) fn to_record(self) -> Result<Record, &'static str> {
-        let text = |bytes: &[u8], what: &'static str| {
-            std::str::from_utf8(bytes)
-                .map(str::to_owned)
-                .map_err(|_| what)
-        };
-        Ok(Record {
-            position: self.position,
-            recorded_at_micros: self.recorded_at_micros,
-            key: text(self.key, "key is not utf-8")?,
-            stream: text(self.stream, "stream is not utf-8")?,
-            principal: text(self.principal, "principal is not utf-8")?,
-            payload: Bytes::copy_from_slice(self.payload),
-        })
+        let mut records = RecordsBuilder::with_capacity(1);
+        records.push(&self);
+        let mut built = records.finish().map_err(|(_, reason)| reason)?;
+        built.pop().ok_or("no record was built")
+    }
+}
+
+/// Bytes of key, stream, principal and payload a typical record holds (a
+/// guess for the first allocation of a read's buffer; it grows as needed).
+const TYPICAL_FIELD_BYTES: usize = 192;
+
+/// Where one frame's fields lie in a [`RecordsBuilder`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    position: u64,
+    recorded_at_micros: i64,
+    /// Offset of the key in the buffer; the payload ends where the next
+    /// record's key starts (or the buffer ends).
+    start: usize,
+    key_bytes: u16,
+    stream_bytes: u16,
+    principal_bytes: u16,
+}
+
+/// The owned [`Record`]s of one read: every frame's fields are copied into
+/// one buffer, and each record's key, stream, principal and payload is a
+/// slice of it — one allocation per read, not four per record (and nothing
+/// for a reader's thread to free record by record).
+#[derive(Debug, Default)]
+pub(crate) struct RecordsBuilder {
+    fields: Vec<u8>,
+    placed: Vec<Placed>,
+}
+
+impl RecordsBuilder {
+    pub(crate) fn with_capacity(records: usize) -> Self {
+        Self {
+            fields: Vec::with_capacity(records * TYPICAL_FIELD_BYTES),
+            placed: Vec::with_capacity(records),
+        }
+    }
+
+    /// Adds a frame that [`check_frame`] found valid. Its lengths fit the
+    /// frame's u16 fields, so the casts below cannot truncate.
+    pub(crate) fn push(&mut self, frame: &FrameRef<'_>) {
+        self.placed.push(Placed {
+            position: frame.position,
+            recorded_at_micros: frame.recorded_at_micros,
+            start: self.fields.len(),
+            key_bytes: frame.key.len() as u16,
+            stream_bytes: frame.stream.len() as u16,
+            principal_bytes: frame.principal.len() as u16,
+        });
+        self.fields.extend_from_slice(frame.fields);
+    }
+
+    /// The records, in the order they were pushed; or the position of the
+    /// first whose key, stream or principal is not UTF-8, and which.
+    pub(crate) fn finish(self) -> Result<Vec<Record>, (u64, &'static str)> {
+        let fields = Bytes::from(self.fields);
+        let mut records = Vec::with_capacity(self.placed.len());
+        let ends = self
+            .placed
+            .iter()
+            .skip(1)
+            .map(|next| next.start)
+            .chain([fields.len()]);
+        for (placed, end) in self.placed.iter().zip(ends) {
+            let key_end = placed.start + usize::from(placed.key_bytes);
+            let stream_end = key_end + usize::from(placed.stream_bytes);
+            let principal_end = stream_end + usize::from(placed.principal_bytes);
+            let text = |range: std::ops::Range<usize>, what: &'static str| {
+                ByteString::try_from(fields.slice(range)).map_err(|_| (placed.position, what))
+            };
+            records.push(Record {
+                position: placed.position,
+                recorded_at_micros: placed.recorded_at_micros,
+                key: text(placed.start..key_end, "key is not utf-8")?,
+                stream: text(key_end..stream_end, "stream is not utf-8")?,
+                principal: text(stream_end..principal_end, "principal is not utf-8")?,
+                payload: fields.slice(principal_end..end),
+            });
+        }
+        Ok(records)
     }
 }
 
@@ -152,6 +227,7 @@ pub(crate) fn decode_checked(frame: &[u8]) -> FrameRef<'_> {
     let principal = take(principal_len);
     let payload = take(body.len() - BODY_HEADER_BYTES - key_len - stream_len - principal_len);
     FrameRef {
+        fields: &body[BODY_HEADER_BYTES..],
         flags: body[0],
         position: read_u64(body, 1),
         recorded_at_micros: read_u64(body, 9) as i64,

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::watch;
 
-use super::frame::{FrameCursor, FrameRef, Step};
+use super::frame::{FrameCursor, FrameRef, RecordsBuilder, Step};
 use super::key_index::StreamVersions;
 use crate::{LogError, Record};
 
@@ -86,7 +86,8 @@ impl Shared {
             .unwrap_or(0)
     }
 
-    /// Up to `max` durable records from `from` on.
+    /// Up to `max` durable records from `from` on, sharing one buffer (see
+    /// [`RecordsBuilder`]).
     pub(crate) fn read_range(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
         let from = from.max(1);
         let head = self.head();
@@ -95,21 +96,21 @@ impl Shared {
         }
         let last = head.min(from.saturating_add(max as u64 - 1));
         let count = last - from + 1;
-        let mut records = Vec::with_capacity(count.min(64 * 1024) as usize);
+        let mut records = RecordsBuilder::with_capacity(count.min(64 * 1024) as usize);
         let chunk = if count <= 16 {
             SMALL_CHUNK_BYTES
         } else {
             LARGE_CHUNK_BYTES
         };
-        self.visit(from, last, chunk, |frame, path, offset| {
-            records.push(
-                frame
-                    .to_record()
-                    .map_err(|reason| corrupt(path, offset, reason))?,
-            );
+        self.visit(from, last, chunk, |frame, _, _| {
+            records.push(frame);
             Ok(())
         })?;
-        Ok(records)
+        records.finish().map_err(|(position, reason)| {
+            // A frame whose CRC matched but whose text is not UTF-8 was
+            // written so: this log never writes one.
+            LogError::Corrupt(format!("the record at position {position}: {reason}"))
+        })
     }
 
     /// Calls `inspect` with the durable record at `position`, in place.

@@ -663,9 +663,9 @@ mod tests {
             Record {
                 position: index as u64 + 1,
                 recorded_at_micros: 0,
-                key: event.event_id.to_string(),
-                stream: format!("{}.{}", event.centre, event.patient),
-                principal: "test".to_owned(),
+                key: event.event_id.to_string().into(),
+                stream: format!("{}.{}", event.centre, event.patient).into(),
+                principal: "test".into(),
                 payload: proto::convert::encode_event(&event),
             }
         })
