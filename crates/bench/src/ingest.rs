@@ -4,6 +4,16 @@
 //! embedded log's own `append`, and a plain async JetStream publish of the
 //! same payloads awaiting every ack.
 //!
+//! Each comparison runs twice: one call at a time (the client waits for each
+//! answer before sending the next; the raw side awaits a batch's 1000 acks
+//! before the next batch), and with [`IN_FLIGHT`] calls in flight: the
+//! patients are dealt to `IN_FLIGHT` lanes (clinics), each lane sends its
+//! patients' events in order, one call at a time, and the lanes run
+//! concurrently, so a patient's events never race each other. The raw side
+//! then keeps `IN_FLIGHT` batches of appends (embedded: one lane each) or
+//! `IN_FLIGHT` × 1000 publishes (JetStream: a sliding window) in flight, so
+//! the baseline gets the same concurrency. Both are reported, labelled.
+//!
 //! The log under ingest is wrapped in [`TimedLog`], which adds up the time
 //! ingest spends waiting on the log (appends, and reads and head queries
 //! for what other writers appended), so the phase can say how much of a
@@ -34,10 +44,40 @@ use crate::{data, stack::Stack};
 /// Events per `Ingest.Append` call and per raw append.
 pub const BATCH: usize = 1000;
 
+/// Calls the client keeps in flight in the concurrent run (and batches of
+/// raw appends or publishes the baseline keeps in flight).
+pub const IN_FLIGHT: usize = 4;
+
+/// The client's concurrency in each comparison: one call at a time, then
+/// [`IN_FLIGHT`].
+pub const CONCURRENCIES: [usize; 2] = [1, IN_FLIGHT];
+
+/// The events as `lanes` lanes of batches of [`BATCH`]: each patient's
+/// events, in their order, in the lane its first event was dealt to (the
+/// patients dealt round robin in order of first appearance). One lane is
+/// the events in their order.
+fn lanes(events: &[Event], lanes: usize) -> Vec<Vec<Vec<Event>>> {
+    let lanes = lanes.max(1);
+    let mut lane_of = std::collections::HashMap::new();
+    let mut dealt: Vec<Vec<Event>> = vec![Vec::new(); lanes];
+    for event in events {
+        let next = lane_of.len() % lanes;
+        let lane = *lane_of.entry(event.patient_key()).or_insert(next);
+        dealt[lane].push(event.clone());
+    }
+    dealt
+        .into_iter()
+        .map(|lane| lane.chunks(BATCH).map(<[Event]>::to_vec).collect())
+        .collect()
+}
+
 /// What one ingest comparison measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct IngestFigures {
     pub events: usize,
+    /// `Ingest.Append` calls the client kept in flight (1: one at a time);
+    /// the baseline kept this many batches in flight.
+    pub in_flight: usize,
     pub grpc_seconds: f64,
     pub raw_seconds: f64,
     /// Of `grpc_seconds`, the time ingest waited on the log's `append`.
@@ -63,8 +103,12 @@ impl IngestFigures {
             - self.log_head_seconds;
         let per_batch =
             |seconds: f64| 1000.0 * seconds / (self.events.div_ceil(BATCH).max(1) as f64);
+        // With calls overlapping, the log's times add up across calls and
+        // may exceed the wall time: "own" is then what the wall time has
+        // beyond the log's waits, possibly negative.
         format!(
-            "per batch of {BATCH}: {:.2} ms in all, log append {:.2} ms ({} appends), log reads {:.2} ms ({} calls), log head {:.2} ms ({} calls), ingest's own {:.2} ms",
+            "{} in flight, per batch of {BATCH}: {:.2} ms in all, log append {:.2} ms ({} appends), log reads {:.2} ms ({} calls), log head {:.2} ms ({} calls), ingest's own {:.2} ms",
+            self.in_flight,
             per_batch(self.grpc_seconds),
             per_batch(self.log_append_seconds),
             self.log_appends,
@@ -206,20 +250,27 @@ struct ThroughGrpc {
     log_heads: u64,
 }
 
-/// Appends `events` through a fresh ingest service over `log`, one
-/// `Ingest.Append` of [`BATCH`] events at a time; returns the seconds taken,
-/// how many events were newly stored and the log's share of the time.
+/// Appends `events` through a fresh ingest service over `log` in
+/// `Ingest.Append` calls of [`BATCH`] events, `in_flight` calls open at a
+/// time (sent in order; a new one as soon as any answered); returns the
+/// seconds taken, how many events were newly stored and the log's share of
+/// the time.
 async fn through_grpc(
     log: Arc<dyn EventLog>,
     directory: &Path,
     events: &[Event],
+    in_flight: usize,
 ) -> anyhow::Result<ThroughGrpc> {
     let timed = Arc::new(TimedLog::new(log));
     let stack = Stack::ingest_only(Arc::clone(&timed) as Arc<dyn EventLog>, directory).await?;
     let client = stack.admin_client().await?;
-    let batches: Vec<Vec<proto::v1::Event>> = events
-        .chunks(BATCH)
-        .map(|chunk| chunk.iter().map(proto::v1::Event::from).collect())
+    let lanes: Vec<Vec<Vec<proto::v1::Event>>> = lanes(events, in_flight)
+        .iter()
+        .map(|lane| {
+            lane.iter()
+                .map(|batch| batch.iter().map(proto::v1::Event::from).collect())
+                .collect()
+        })
         .collect();
     // Only the calls the appends make count: preparing ingest made none
     // (its catch-up runs on the first append), but start from zero anyway.
@@ -234,19 +285,24 @@ async fn through_grpc(
         counter.store(0, Ordering::Relaxed);
     }
     let started = Instant::now();
-    let mut appended = 0;
-    for batch in batches {
-        let response = client
-            .append(batch)
-            .await
-            .context("ingest refused a batch of demo events")?;
-        appended += response
-            .outcomes
-            .iter()
-            .filter(|outcome| !outcome.duplicate)
-            .count();
-    }
+    let appended_per_lane = futures::future::try_join_all(lanes.into_iter().map(|lane| async {
+        let mut appended = 0;
+        for batch in lane {
+            let response = client
+                .append(batch)
+                .await
+                .context("ingest refused a batch of demo events")?;
+            appended += response
+                .outcomes
+                .iter()
+                .filter(|outcome| !outcome.duplicate)
+                .count();
+        }
+        anyhow::Ok(appended)
+    }))
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let appended = appended_per_lane.iter().sum();
     let measured = ThroughGrpc {
         seconds,
         appended,
@@ -263,9 +319,10 @@ async fn through_grpc(
 }
 
 impl ThroughGrpc {
-    fn figures(&self, events: usize, raw_seconds: f64) -> IngestFigures {
+    fn figures(&self, events: usize, in_flight: usize, raw_seconds: f64) -> IngestFigures {
         let figures = IngestFigures {
             events,
+            in_flight,
             grpc_seconds: self.seconds,
             raw_seconds,
             log_append_seconds: self.log_append_seconds,
@@ -280,50 +337,80 @@ impl ThroughGrpc {
     }
 }
 
-/// Appends the records import would write for `events` straight into `log`.
-async fn raw_log_append(log: &dyn EventLog, events: &[Event]) -> anyhow::Result<(f64, usize)> {
-    let batches: Vec<AppendBatch> = events
-        .chunks(BATCH)
-        .map(|chunk| {
-            AppendBatch::new(
-                chunk
-                    .iter()
-                    .map(|event| data::record_of(event, data::PRINCIPAL))
-                    .collect(),
-            )
+/// Appends the records import would write for `events` straight into `log`,
+/// in `in_flight` lanes of batches appended concurrently (as [`lanes`]).
+async fn raw_log_append(
+    log: &dyn EventLog,
+    events: &[Event],
+    in_flight: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let lanes: Vec<Vec<AppendBatch>> = lanes(events, in_flight)
+        .iter()
+        .map(|lane| {
+            lane.iter()
+                .map(|batch| {
+                    AppendBatch::new(
+                        batch
+                            .iter()
+                            .map(|event| data::record_of(event, data::PRINCIPAL))
+                            .collect(),
+                    )
+                })
+                .collect()
         })
         .collect();
     let started = Instant::now();
-    let mut appended = 0;
-    for batch in batches {
-        let outcomes = log.append(batch).await.context("raw append")?;
-        appended += outcomes
-            .iter()
-            .filter(|outcome| matches!(outcome, AppendOutcome::Appended { .. }))
-            .count();
-    }
-    Ok((started.elapsed().as_secs_f64(), appended))
+    let appended_per_lane =
+        futures::future::try_join_all(lanes.into_iter().map(|lane| async move {
+            let mut appended = 0;
+            for batch in lane {
+                let outcomes = log.append(batch).await.context("raw append")?;
+                appended += outcomes
+                    .iter()
+                    .filter(|outcome| matches!(outcome, AppendOutcome::Appended { .. }))
+                    .count();
+            }
+            anyhow::Ok(appended)
+        }))
+        .await?;
+    Ok((
+        started.elapsed().as_secs_f64(),
+        appended_per_lane.iter().sum(),
+    ))
 }
 
-/// Phase 1: gRPC ingest into the embedded log vs raw embedded append.
-pub async fn embedded(work: &Path, events: &[Event]) -> anyhow::Result<IngestFigures> {
-    let raw_log = crate::stack::open_embedded(&work.join("raw-log")).await?;
-    let (raw_seconds, raw_appended) = raw_log_append(&raw_log, events).await?;
-    drop(raw_log);
-    let log: Arc<dyn EventLog> =
-        Arc::new(crate::stack::open_embedded(&work.join("grpc-log")).await?);
-    let grpc = through_grpc(log, &work.join("grpc-services"), events).await?;
-    let grpc_appended = grpc.appended;
-    ensure!(
-        raw_appended == grpc_appended,
-        "the raw baseline stored {raw_appended} events but ingest stored {grpc_appended}: they did not do the same work"
-    );
-    Ok(grpc.figures(events.len(), raw_seconds))
+/// Phase 1: gRPC ingest into the embedded log vs raw embedded append, once
+/// per concurrency of [`CONCURRENCIES`], each on fresh logs.
+pub async fn embedded(work: &Path, events: &[Event]) -> anyhow::Result<Vec<IngestFigures>> {
+    let mut figures = Vec::new();
+    for in_flight in CONCURRENCIES {
+        let work = work.join(format!("in-flight-{in_flight}"));
+        let raw_log = crate::stack::open_embedded(&work.join("raw-log")).await?;
+        let (raw_seconds, raw_appended) = raw_log_append(&raw_log, events, in_flight).await?;
+        drop(raw_log);
+        let log: Arc<dyn EventLog> =
+            Arc::new(crate::stack::open_embedded(&work.join("grpc-log")).await?);
+        let grpc = through_grpc(log, &work.join("grpc-services"), events, in_flight).await?;
+        let grpc_appended = grpc.appended;
+        ensure!(
+            raw_appended == grpc_appended,
+            "the raw baseline stored {raw_appended} events but ingest stored {grpc_appended}: they did not do the same work"
+        );
+        figures.push(grpc.figures(events.len(), in_flight, raw_seconds));
+    }
+    Ok(figures)
 }
 
 /// A plain async JetStream publish of every payload, one subject per
-/// stream, awaiting the acks of each batch of [`BATCH`] before the next.
-async fn raw_jetstream_publish(url: &str, events: &[Event]) -> anyhow::Result<f64> {
+/// stream. One at a time (`in_flight` 1): the acks of each batch of
+/// [`BATCH`] are awaited before the next batch. Otherwise a sliding window:
+/// at most `in_flight` × [`BATCH`] publishes wait for their acks, the
+/// oldest ack awaited before each publish past that.
+async fn raw_jetstream_publish(
+    url: &str,
+    events: &[Event],
+    in_flight: usize,
+) -> anyhow::Result<f64> {
     let client = async_nats::connect(url)
         .await
         .context("connecting the raw publisher")?;
@@ -348,40 +435,64 @@ async fn raw_jetstream_publish(url: &str, events: &[Event]) -> anyhow::Result<f6
                 .collect()
         })
         .collect();
+    let window = in_flight.max(1) * BATCH;
     let started = Instant::now();
+    let mut acks: std::collections::VecDeque<async_nats::jetstream::context::PublishAckFuture> =
+        std::collections::VecDeque::with_capacity(window);
     for batch in batches {
-        let mut acks = Vec::with_capacity(batch.len());
         for (subject, payload) in batch {
-            acks.push(
+            if acks.len() == window
+                && let Some(ack) = acks.pop_front()
+            {
+                ack.await.context("raw jetstream ack")?;
+            }
+            acks.push_back(
                 jetstream
                     .publish(subject, payload)
                     .await
                     .context("raw jetstream publish")?,
             );
         }
-        for ack in acks {
-            ack.await.context("raw jetstream ack")?;
+        if in_flight <= 1 {
+            for ack in acks.drain(..) {
+                ack.await.context("raw jetstream ack")?;
+            }
         }
+    }
+    for ack in acks {
+        ack.await.context("raw jetstream ack")?;
     }
     Ok(started.elapsed().as_secs_f64())
 }
 
 /// Phase 2: gRPC ingest into the JetStream log vs raw JetStream publish, on
-/// a nats-server of its own (random port, temporary store).
-pub async fn jetstream(work: &Path, events: &[Event]) -> anyhow::Result<IngestFigures> {
-    let server = test_support::NatsServer::start().await.context(
-        "starting nats-server (set NATS_SERVER_BIN or run scripts/ensure-nats-server.sh)",
-    )?;
-    let raw_seconds = raw_jetstream_publish(&server.url(), events).await?;
-    let log: Arc<dyn EventLog> = Arc::new(
-        JetStreamLog::connect(&server.url(), JetStreamOptions::default())
-            .await
-            .context("connecting the jetstream log")?,
-    );
-    let grpc = through_grpc(log, &work.join("nats-grpc-services"), events).await?;
-    ensure!(
-        grpc.appended > 0,
-        "ingest stored nothing on jetstream: the comparison would be empty"
-    );
-    Ok(grpc.figures(events.len(), raw_seconds))
+/// a nats-server of its own (random port, temporary store), once per
+/// concurrency of [`CONCURRENCIES`], each on a fresh server.
+pub async fn jetstream(work: &Path, events: &[Event]) -> anyhow::Result<Vec<IngestFigures>> {
+    let mut figures = Vec::new();
+    for in_flight in CONCURRENCIES {
+        let server = test_support::NatsServer::start().await.context(
+            "starting nats-server (set NATS_SERVER_BIN or run scripts/ensure-nats-server.sh)",
+        )?;
+        let raw_seconds = raw_jetstream_publish(&server.url(), events, in_flight).await?;
+        let log: Arc<dyn EventLog> = Arc::new(
+            JetStreamLog::connect(&server.url(), JetStreamOptions::default())
+                .await
+                .context("connecting the jetstream log")?,
+        );
+        let grpc = through_grpc(
+            log,
+            &work.join(format!("nats-grpc-services-{in_flight}")),
+            events,
+            in_flight,
+        )
+        .await?;
+        ensure!(
+            grpc.appended > 0,
+            "ingest stored nothing on jetstream: the comparison would be empty"
+        );
+        figures.push(grpc.figures(events.len(), in_flight, raw_seconds));
+        drop(server);
+    }
+    Ok(figures)
 }

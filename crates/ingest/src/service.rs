@@ -67,7 +67,7 @@ impl IngestService {
             .collect();
         match self
             .state
-            .admit_and_append(parsed, &writer, &principal.subject)
+            .admit_and_append(parsed, writer, principal.subject.clone())
             .await
         {
             Ok(stored) => Ok(stored),

@@ -11,10 +11,14 @@
 //! was not appended; such a state is thrown away and restored from the
 //! checkpoint, then brought up to the log's head.
 //!
-//! One batch is admitted at a time (a mutex around the state), which is
-//! what makes "checked as if each accepted event had been appended before
-//! the next" hold across concurrent callers; the log's per-stream expected
-//! versions guard against another ingest process writing the same patients.
+//! Batches are admitted one at a time (a mutex around the state) and
+//! appended in the same order, one at a time, which is what makes "checked
+//! as if each accepted event had been appended before the next" hold across
+//! concurrent callers; but the lock is not held across the append: the next
+//! batch is admitted and encoded while the previous one's append is in
+//! flight, and its verdicts stand only once every batch before it was
+//! appended (see [`AdmissionState`]). The log's per-stream expected versions
+//! guard against another ingest process writing the same patients.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -36,6 +40,11 @@ const ATTEMPTS_ON_CONFLICT: u32 = 3;
 /// Records read from the log in one go while catching up.
 const CATCH_UP_CHUNK: usize = 4096;
 
+/// How many times a batch is admitted when batches before it in the
+/// pipeline were not appended (each of those judged it on events that are
+/// not stored).
+const MOST_ADMISSIONS: u32 = 8;
+
 /// What the admission state knows, and up to where.
 #[derive(Debug, Default)]
 pub(crate) struct Admitted {
@@ -49,6 +58,127 @@ pub(crate) struct Admitted {
     stale: bool,
     /// Records folded by this process (not restored from a checkpoint).
     pub(crate) folded_here: u64,
+    /// The batches admitted and not finished yet (kept across a restore).
+    pipeline: Pipeline,
+}
+
+/// The order of admitted batches. Each admitted batch gets the next
+/// sequence number; batches append, and finish, in that order. The admission
+/// holds the events of every batch admitted so far, so a batch is judged as
+/// if every batch before it were appended; when one of those is not
+/// appended, the state is stale and the batches after it are admitted again.
+#[derive(Debug, Default)]
+struct Pipeline {
+    /// The sequence number of the last batch admitted (from 1).
+    admitted_through: u64,
+    /// Every batch up to this one has finished (appended or not).
+    finished_through: u64,
+    /// Admissions and snapshots waiting for the pipeline to empty, holding
+    /// new admissions back meanwhile.
+    pausers: u32,
+    /// Batches not appended since the last restore (their events made the
+    /// state stale): a batch after one of them must be admitted again.
+    failed: Vec<u64>,
+    /// The streams batches in flight write.
+    pending: HashMap<String, PendingStream>,
+}
+
+/// A stream written by a batch in flight.
+#[derive(Debug)]
+struct PendingStream {
+    /// The last batch admitted that writes it.
+    latest: u64,
+    /// The last batch that appended to it, and its last position there.
+    written: Option<(u64, u64)>,
+}
+
+/// What waiting batches watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Turns {
+    admitted_through: u64,
+    finished_through: u64,
+    pausers: u32,
+}
+
+impl Pipeline {
+    fn in_flight(&self) -> u64 {
+        self.admitted_through - self.finished_through
+    }
+
+    /// The sequence number of a newly admitted batch.
+    fn admit(&mut self) -> u64 {
+        self.admitted_through += 1;
+        self.admitted_through
+    }
+
+    fn turns(&self) -> Turns {
+        Turns {
+            admitted_through: self.admitted_through,
+            finished_through: self.finished_through,
+            pausers: self.pausers,
+        }
+    }
+}
+
+/// What an admission waits for before it may go on.
+enum Wait {
+    /// Every batch up to this one finished.
+    Finished(u64),
+    /// No snapshot or drained admission holds admissions back.
+    Unpaused,
+}
+
+/// The stream version a batch expects, known at admission or once the batch
+/// in flight before it that writes the same stream is appended.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    Known(ExpectedVersion),
+    AfterBatch(u64),
+}
+
+/// How one admission of a batch ended.
+enum Attempt {
+    Done(Result<Vec<Placed>, AdmitError>),
+    /// Judged on events that are not stored, or refused without a catch-up
+    /// with the log: admit again (`drained`: once no batch is in flight).
+    Again {
+        drained: bool,
+    },
+}
+
+/// The log records of an accepted batch (one per event id; an event
+/// repeated within the batch is a duplicate of its first occurrence and is
+/// not sent again), and for each event its record and whether it repeats.
+#[allow(clippy::type_complexity)]
+fn prepare_records(
+    parsed: &[(String, Result<Event, domain::Refusal>)],
+    verdicts: &[Verdict],
+    stream_of_event: Vec<Option<String>>,
+    principal: &str,
+) -> Result<(Vec<NewRecord>, Vec<(usize, bool)>), ServiceError> {
+    let mut records = Vec::with_capacity(verdicts.len());
+    let mut record_of_event = Vec::with_capacity(verdicts.len());
+    let mut first_record: HashMap<&str, usize> = HashMap::with_capacity(verdicts.len());
+    for ((event_id, event), stream) in parsed.iter().zip(stream_of_event) {
+        let (Ok(event), Some(stream)) = (event, stream) else {
+            return Err(ServiceError::Internal(format!(
+                "event {event_id} was admitted without being valid"
+            )));
+        };
+        if let Some(&index) = first_record.get(event_id.as_str()) {
+            record_of_event.push((index, true));
+            continue;
+        }
+        first_record.insert(event_id, records.len());
+        record_of_event.push((records.len(), false));
+        records.push(NewRecord {
+            key: event_id.clone(),
+            stream,
+            principal: principal.to_owned(),
+            payload: proto::convert::encode_event(event),
+        });
+    }
+    Ok((records, record_of_event))
 }
 
 /// The ingest projection's checkpoint (its position is the checkpoint's).
@@ -68,6 +198,7 @@ impl Admitted {
             stream_versions: snapshot.stream_versions.into_iter().collect(),
             stale: false,
             folded_here: 0,
+            pipeline: Pipeline::default(),
         })
     }
 
@@ -111,11 +242,28 @@ pub(crate) struct Stored {
 }
 
 /// The shared admission state and the log it follows.
+///
+/// Batches go through a pipeline: a batch is admitted under the lock (on
+/// the state holding every batch admitted before it), encoded outside it,
+/// then waits for its turn (every earlier batch finished) and appends
+/// outside the lock, so the next batch is admitted and encoded while this
+/// one's append is in flight. Appends stay in admission order, one at a
+/// time. A batch's verdicts stand only if every batch before it was
+/// appended: when one was not (the log refused it or failed, or it was
+/// refused after admitting some of its events), the state is stale, and
+/// every batch admitted after it is admitted again once the pipeline has
+/// emptied and the state is restored (from the checkpoint, then the log),
+/// exactly as if the failed batch had never been. A stream written by a
+/// batch in flight is expected, by the next batch writing it, at the
+/// position that batch appended there; other streams at their version when
+/// admitted.
 #[derive(Debug)]
 pub(crate) struct AdmissionState {
     log: Arc<dyn EventLog>,
     checkpointer: Checkpointer,
     state: tokio::sync::Mutex<Admitted>,
+    /// The pipeline's progress, for batches waiting for their turn.
+    turns: tokio::sync::watch::Sender<Turns>,
 }
 
 /// The stream of an event in the log: `<centre>.<patient>`.
@@ -129,28 +277,63 @@ impl AdmissionState {
         checkpointer: Checkpointer,
         admitted: Admitted,
     ) -> Self {
+        let (turns, _) = tokio::sync::watch::channel(admitted.pipeline.turns());
         Self {
             log,
             checkpointer,
             state: tokio::sync::Mutex::new(admitted),
+            turns,
         }
     }
 
     /// The projection's snapshot, for [`Checkpointer::save`]: nothing while
-    /// the state is stale or has nothing past the last checkpoint. Waits for
-    /// a batch being admitted to finish (it runs on a blocking thread).
+    /// the state is stale or has nothing past the last checkpoint. Taken
+    /// with no batch in flight (their events are in the admission, their
+    /// positions not yet): holds new admissions back until the pipeline
+    /// empties (it runs on a blocking thread of the runtime).
     pub(crate) fn snapshotter(self: &Arc<Self>) -> Snapshotter {
         let state = Arc::clone(self);
         Box::new(move |saved| {
-            let (position, snapshot) = {
-                let admitted = state.state.blocking_lock();
-                if admitted.stale || admitted.position <= saved {
-                    return Ok(None);
-                }
-                (admitted.position, admitted.snapshot())
-            };
-            Ok(Some((position, encode(&snapshot)?)))
+            let taken = tokio::runtime::Handle::current().block_on(state.quiet_snapshot(saved));
+            match taken {
+                Some((position, snapshot)) => Ok(Some((position, encode(&snapshot)?))),
+                None => Ok(None),
+            }
         })
+    }
+
+    /// The snapshot once no batch is in flight (see [`Self::snapshotter`]).
+    async fn quiet_snapshot(&self, saved: u64) -> Option<(u64, AdmittedSnapshot)> {
+        let mut pausing = false;
+        let mut turns = self.turns.subscribe();
+        loop {
+            let mut admitted = self.state.lock().await;
+            if admitted.pipeline.in_flight() == 0 || admitted.stale {
+                if pausing {
+                    admitted.pipeline.pausers -= 1;
+                    self.publish(&admitted);
+                }
+                if admitted.stale || admitted.position <= saved {
+                    return None;
+                }
+                return Some((admitted.position, admitted.snapshot()));
+            }
+            if !pausing {
+                pausing = true;
+                admitted.pipeline.pausers += 1;
+                self.publish(&admitted);
+            }
+            let through = admitted.pipeline.admitted_through;
+            drop(admitted);
+            if turns
+                .wait_for(|turns| turns.finished_through >= through)
+                .await
+                .is_err()
+            {
+                // The sender lives as long as `self`: cannot happen.
+                return None;
+            }
+        }
     }
 
     /// How many records this process folded itself.
@@ -171,11 +354,17 @@ impl AdmissionState {
                 .await
                 .map_err(|error| ServiceError::Internal(error.to_string()))?;
             let folded_here = admitted.folded_here;
+            let mut pipeline = std::mem::take(&mut admitted.pipeline);
+            // Restored only with no batch in flight: none is pending, and
+            // the failed ones have all finished.
+            pipeline.failed.clear();
+            pipeline.pending.clear();
             *admitted = match restored {
                 Some((position, fresh)) => Admitted { position, ..fresh },
                 None => Admitted::default(),
             };
             admitted.folded_here = folded_here;
+            admitted.pipeline = pipeline;
             tracing::info!(
                 position = admitted.position,
                 "admission state restored from its checkpoint after a batch that was not appended"
@@ -228,6 +417,10 @@ impl AdmissionState {
     /// appended; all accepted (or duplicates) → appended in one atomic
     /// batch; otherwise nothing is appended and every refusal comes back.
     ///
+    /// Runs on a task of its own, so a caller going away (a cancelled call)
+    /// never leaves a batch half-way through the pipeline: it keeps its turn
+    /// and finishes (see [`AdmissionState`]).
+    ///
     /// When the log refuses the batch because a patient's stream moved
     /// (another writer got there first), the state is restored from the
     /// checkpoint, brought to the log's head, and the batch
@@ -235,21 +428,48 @@ impl AdmissionState {
     /// events are judged against what is really stored, and a retry can
     /// never store anything twice (ids are idempotency keys).
     pub(crate) async fn admit_and_append(
+        self: &Arc<Self>,
+        parsed: Vec<(String, Result<Event, domain::Refusal>)>,
+        writer: WriterScope,
+        principal: String,
+    ) -> Result<Vec<Stored>, AdmitError> {
+        let state = Arc::clone(self);
+        tokio::spawn(async move { state.admit_in_turn(parsed, &writer, &principal).await })
+            .await
+            .unwrap_or_else(|error| {
+                Err(AdmitError::Service(ServiceError::Internal(format!(
+                    "the admission task failed: {error}"
+                ))))
+            })
+    }
+
+    async fn admit_in_turn(
         &self,
         parsed: Vec<(String, Result<Event, domain::Refusal>)>,
         writer: &WriterScope,
         principal: &str,
     ) -> Result<Vec<Stored>, AdmitError> {
         let mut attempt = 1;
+        let mut admissions = 1;
+        let mut drained = false;
         loop {
-            match self.admit_once(&parsed, writer, principal).await {
-                Err(AdmitError::Service(ServiceError::Aborted(reason)))
+            match self.admit_once(&parsed, writer, principal, drained).await {
+                Attempt::Again { drained: wanted } if admissions < MOST_ADMISSIONS => {
+                    admissions += 1;
+                    drained |= wanted;
+                }
+                Attempt::Again { .. } => {
+                    return Err(AdmitError::Service(ServiceError::Unavailable(format!(
+                        "the batch was admitted {MOST_ADMISSIONS} times, each time after a batch before it was not appended"
+                    ))));
+                }
+                Attempt::Done(Err(AdmitError::Service(ServiceError::Aborted(reason))))
                     if attempt < ATTEMPTS_ON_CONFLICT =>
                 {
                     tracing::warn!(%reason, attempt, "append refused on a stream version, admitting again");
                     attempt += 1;
                 }
-                Ok(placed) => {
+                Attempt::Done(Ok(placed)) => {
                     return Ok(parsed
                         .into_iter()
                         .zip(placed)
@@ -261,9 +481,89 @@ impl AdmissionState {
                         })
                         .collect());
                 }
-                Err(error) => return Err(error),
+                Attempt::Done(Err(error)) => return Err(error),
             }
         }
+    }
+
+    /// Publishes the pipeline's progress to the batches waiting on it.
+    fn publish(&self, admitted: &Admitted) {
+        self.turns.send_replace(admitted.pipeline.turns());
+    }
+
+    /// The state, once a batch may be admitted on it: no snapshot or
+    /// drained admission is waiting for the pipeline to empty, and a stale
+    /// state (which only an empty pipeline may restore) has no batch in
+    /// flight. With `drained`, also waits until no batch is in flight
+    /// (holding new admissions back meanwhile), so the batch is judged
+    /// after a catch-up with the log's head.
+    async fn lock_for_admission(
+        &self,
+        drained: bool,
+    ) -> Result<tokio::sync::MutexGuard<'_, Admitted>, ServiceError> {
+        let mut pausing = false;
+        let mut turns = self.turns.subscribe();
+        loop {
+            let mut admitted = self.state.lock().await;
+            let in_flight = admitted.pipeline.in_flight();
+            let awaited = if drained {
+                if in_flight == 0 {
+                    if pausing {
+                        admitted.pipeline.pausers -= 1;
+                        self.publish(&admitted);
+                    }
+                    return Ok(admitted);
+                }
+                if !pausing {
+                    pausing = true;
+                    admitted.pipeline.pausers += 1;
+                    self.publish(&admitted);
+                }
+                Wait::Finished(admitted.pipeline.admitted_through)
+            } else if admitted.pipeline.pausers > 0 {
+                Wait::Unpaused
+            } else if admitted.stale && in_flight > 0 {
+                Wait::Finished(admitted.pipeline.admitted_through)
+            } else {
+                return Ok(admitted);
+            };
+            drop(admitted);
+            let waited = match awaited {
+                Wait::Finished(through) => turns
+                    .wait_for(|turns| turns.finished_through >= through)
+                    .await
+                    .map(drop),
+                Wait::Unpaused => turns.wait_for(|turns| turns.pausers == 0).await.map(drop),
+            };
+            waited.map_err(|_| {
+                ServiceError::Internal("the admission pipeline went away".to_owned())
+            })?;
+        }
+    }
+
+    /// Ends batch `sequence`'s turn: the next batch may append.
+    fn finish(&self, admitted: &mut Admitted, sequence: u64, streams: &[String]) {
+        let pipeline = &mut admitted.pipeline;
+        for stream in streams {
+            if pipeline
+                .pending
+                .get(stream)
+                .is_some_and(|pending| pending.latest == sequence)
+            {
+                pipeline.pending.remove(stream);
+            }
+        }
+        pipeline.finished_through = sequence;
+        self.publish(admitted);
+    }
+
+    /// Ends batch `sequence`'s turn as not appended: its events stay in the
+    /// admission, so the state is stale, and every batch admitted after it
+    /// so far must be admitted again.
+    fn finish_failed(&self, admitted: &mut Admitted, sequence: u64, streams: &[String]) {
+        admitted.stale = true;
+        admitted.pipeline.failed.push(sequence);
+        self.finish(admitted, sequence, streams);
     }
 
     async fn admit_once(
@@ -271,10 +571,21 @@ impl AdmissionState {
         parsed: &[(String, Result<Event, domain::Refusal>)],
         writer: &WriterScope,
         principal: &str,
-    ) -> Result<Vec<Placed>, AdmitError> {
-        let mut admitted = self.state.lock().await;
-        if let Err(error) = self.catch_up(&mut admitted).await {
-            return Err(AdmitError::Service(error));
+        drained: bool,
+    ) -> Attempt {
+        // 1. Admission, under the lock, on the state with every batch
+        //    admitted before this one (appended or in flight).
+        let mut admitted = match self.lock_for_admission(drained).await {
+            Ok(admitted) => admitted,
+            Err(error) => return Attempt::Done(Err(AdmitError::Service(error))),
+        };
+        // Only an empty pipeline is caught up with the log's head: with
+        // batches in flight their records are not folded yet. The streams'
+        // expected versions guard the patients this batch writes; what
+        // another writer appended meanwhile is folded in after them.
+        let caught_up = admitted.pipeline.in_flight() == 0;
+        if caught_up && let Err(error) = self.catch_up(&mut admitted).await {
+            return Attempt::Done(Err(AdmitError::Service(error)));
         }
         let mut verdicts = Vec::with_capacity(parsed.len());
         let mut applied_any = false;
@@ -290,9 +601,100 @@ impl AdmissionState {
             failed |= !verdict.is_success();
             verdicts.push(verdict);
         }
+        let sequence = admitted.pipeline.admit();
+        self.publish(&admitted);
+        // The streams this batch writes, and what each is expected at: its
+        // version now, or where the batch in flight before it leaves it.
+        let mut streams: Vec<String> = Vec::new();
+        let mut expected: Vec<Expected> = Vec::new();
+        let mut stream_of_event: Vec<Option<String>> = Vec::with_capacity(parsed.len());
         if failed {
-            admitted.stale |= applied_any;
-            return Err(AdmitError::Refused(
+            if applied_any {
+                admitted.stale = true;
+                admitted.pipeline.failed.push(sequence);
+            }
+        } else {
+            let mut written: HashMap<String, ()> = HashMap::new();
+            for ((_, event), verdict) in parsed.iter().zip(&verdicts) {
+                let Ok(event) = event else {
+                    stream_of_event.push(None);
+                    continue;
+                };
+                let stream = stream_of(event);
+                if matches!(verdict, Verdict::Accepted { .. })
+                    && written.insert(stream.clone(), ()).is_none()
+                {
+                    let pipeline = &mut admitted.pipeline;
+                    let source = match pipeline.pending.get_mut(&stream) {
+                        Some(pending) => {
+                            let before = pending.latest;
+                            pending.latest = sequence;
+                            Expected::AfterBatch(before)
+                        }
+                        None => {
+                            pipeline.pending.insert(
+                                stream.clone(),
+                                PendingStream {
+                                    latest: sequence,
+                                    written: None,
+                                },
+                            );
+                            match admitted.stream_versions.get(&stream).copied() {
+                                None | Some(0) => Expected::Known(ExpectedVersion::Empty),
+                                Some(version) => Expected::Known(ExpectedVersion::At(version)),
+                            }
+                        }
+                    };
+                    streams.push(stream.clone());
+                    expected.push(source);
+                }
+                stream_of_event.push(Some(stream));
+            }
+        }
+        drop(admitted);
+
+        // 2. Encoding, outside the lock: other batches are admitted meanwhile.
+        let prepared = if failed {
+            None
+        } else {
+            match prepare_records(parsed, &verdicts, stream_of_event, principal) {
+                Ok(prepared) => Some(prepared),
+                Err(error) => {
+                    // Finishing keeps the order: it waits for this batch's turn.
+                    if let Err(wait) = self.wait_turn(sequence).await {
+                        return Attempt::Done(Err(AdmitError::Service(wait)));
+                    }
+                    let mut admitted = self.state.lock().await;
+                    self.finish_failed(&mut admitted, sequence, &streams);
+                    return Attempt::Done(Err(AdmitError::Service(error)));
+                }
+            }
+        };
+
+        // 3. This batch's turn: every batch admitted before it is appended
+        //    (or known not to be).
+        if let Err(error) = self.wait_turn(sequence).await {
+            return Attempt::Done(Err(AdmitError::Service(error)));
+        }
+        let mut admitted = self.state.lock().await;
+        if admitted
+            .pipeline
+            .failed
+            .iter()
+            .any(|&failed| failed < sequence)
+        {
+            // Judged with events of a batch that was not appended.
+            self.finish(&mut admitted, sequence, &streams);
+            return Attempt::Again { drained: false };
+        }
+        let Some((records, record_of_event)) = prepared else {
+            self.finish(&mut admitted, sequence, &streams);
+            if !caught_up {
+                // Refused without a look at what other writers appended:
+                // judge again, caught up.
+                return Attempt::Again { drained: true };
+            }
+            return Attempt::Done(Err(AdmitError::Refused(
                 parsed
                     .iter()
                     .zip(verdicts)
@@ -301,72 +703,74 @@ impl AdmissionState {
                         verdict,
                     })
                     .collect(),
-            ));
-        }
-        // One record per event id: an event repeated within the batch is a
-        // duplicate of its first occurrence and is not sent to the log again.
-        let mut records = Vec::with_capacity(verdicts.len());
-        let mut record_of_event = Vec::with_capacity(verdicts.len());
-        let mut first_record: HashMap<&str, usize> = HashMap::with_capacity(verdicts.len());
-        let mut expectations: HashMap<String, ExpectedVersion> = HashMap::new();
-        for ((event_id, event), verdict) in parsed.iter().zip(&verdicts) {
-            let Ok(event) = event else {
-                admitted.stale |= applied_any;
-                return Err(AdmitError::Service(ServiceError::Internal(format!(
-                    "event {event_id} was admitted without being valid"
-                ))));
+            )));
+        };
+        let mut expectations = Vec::with_capacity(streams.len());
+        for (stream, source) in streams.iter().zip(&expected) {
+            let version = match *source {
+                Expected::Known(version) => version,
+                Expected::AfterBatch(before) => match admitted
+                    .pipeline
+                    .pending
+                    .get(stream)
+                    .and_then(|pending| pending.written)
+                {
+                    Some((batch, position)) if batch == before => ExpectedVersion::At(position),
+                    _ => {
+                        // The batch before wrote nothing there after all
+                        // (its record was already stored): judge again.
+                        self.finish_failed(&mut admitted, sequence, &streams);
+                        return Attempt::Done(Err(AdmitError::Service(ServiceError::Aborted(
+                            format!("stream {stream} was not written where this batch expected it"),
+                        ))));
+                    }
+                },
             };
-            if let Some(&index) = first_record.get(event_id.as_str()) {
-                record_of_event.push((index, true));
-                continue;
-            }
-            let stream = stream_of(event);
-            if matches!(verdict, Verdict::Accepted { .. }) && !expectations.contains_key(&stream) {
-                let version = admitted.stream_versions.get(&stream).copied().unwrap_or(0);
-                expectations.insert(
-                    stream.clone(),
-                    if version == 0 {
-                        ExpectedVersion::Empty
-                    } else {
-                        ExpectedVersion::At(version)
-                    },
-                );
-            }
-            first_record.insert(event_id, records.len());
-            record_of_event.push((records.len(), false));
-            records.push(NewRecord {
-                key: event_id.clone(),
-                stream,
-                principal: principal.to_owned(),
-                payload: proto::convert::encode_event(event),
-            });
+            expectations.push((stream.clone(), version));
         }
-        // The streams, to fold the appended records' positions in below.
-        let streams: Vec<String> = records.iter().map(|record| record.stream.clone()).collect();
+        drop(admitted);
+
+        // 4. The append, outside the lock; the next batch waits for it.
+        let record_streams: Vec<String> =
+            records.iter().map(|record| record.stream.clone()).collect();
         let mut batch = AppendBatch::new(records);
-        batch.expectations = expectations.into_iter().collect();
-        let outcomes = match self.log.append(batch).await {
+        batch.expectations = expectations;
+        let appended = self.log.append(batch).await;
+        let mut admitted = self.state.lock().await;
+        let outcomes = match appended {
             Ok(outcomes) => outcomes,
             Err(error) => {
-                admitted.stale |= applied_any;
-                return Err(AdmitError::Service(ServiceError::from(error)));
+                self.finish_failed(&mut admitted, sequence, &streams);
+                return Attempt::Done(Err(AdmitError::Service(ServiceError::from(error))));
             }
         };
-        if outcomes.len() != streams.len() {
-            admitted.stale = true;
-            return Err(AdmitError::Service(ServiceError::Internal(format!(
+        if outcomes.len() != record_streams.len() {
+            self.finish_failed(&mut admitted, sequence, &streams);
+            return Attempt::Done(Err(AdmitError::Service(ServiceError::Internal(format!(
                 "the log answered {} outcomes for {} records",
                 outcomes.len(),
-                streams.len()
-            ))));
+                record_streams.len()
+            )))));
         }
         // The admission already holds this batch's new events: fold in their
         // positions from the outcomes, and read from the log only what
         // someone else appended before them.
-        if let Err(error) = self.fold_appended(&mut admitted, &streams, &outcomes).await {
-            admitted.stale = true;
-            return Err(AdmitError::Service(error));
+        if let Err(error) = self
+            .fold_appended(&mut admitted, &record_streams, &outcomes)
+            .await
+        {
+            self.finish_failed(&mut admitted, sequence, &streams);
+            return Attempt::Done(Err(AdmitError::Service(error)));
         }
+        for (outcome, stream) in outcomes.iter().zip(&record_streams) {
+            if let AppendOutcome::Appended { position } = outcome
+                && let Some(pending) = admitted.pipeline.pending.get_mut(stream)
+            {
+                pending.written = Some((sequence, *position));
+            }
+        }
+        self.finish(&mut admitted, sequence, &streams);
+        drop(admitted);
         let mut placed = Vec::with_capacity(verdicts.len());
         for (verdict, (record, repeated)) in verdicts.into_iter().zip(record_of_event) {
             // In range: every record index is below records.len(), which
@@ -381,7 +785,17 @@ impl AdmissionState {
                 },
             });
         }
-        Ok(placed)
+        Attempt::Done(Ok(placed))
+    }
+
+    /// Waits until every batch admitted before `sequence` has finished.
+    async fn wait_turn(&self, sequence: u64) -> Result<(), ServiceError> {
+        self.turns
+            .subscribe()
+            .wait_for(|turns| turns.finished_through + 1 >= sequence)
+            .await
+            .map(drop)
+            .map_err(|_| ServiceError::Internal("the admission pipeline went away".to_owned()))
     }
 
     /// After an append: the state's admission holds the batch's new events
@@ -624,7 +1038,7 @@ mod tests {
     struct Fixture {
         _directory: tempfile::TempDir,
         log: Arc<Interleaving>,
-        state: AdmissionState,
+        state: Arc<AdmissionState>,
     }
 
     async fn fixture() -> Fixture {
@@ -646,11 +1060,11 @@ mod tests {
         .await
         .expect("a checkpointer");
         assert!(restored.is_none());
-        let state = AdmissionState::new(
+        let state = Arc::new(AdmissionState::new(
             Arc::clone(&log) as Arc<dyn EventLog>,
             checkpointer,
             Admitted::default(),
-        );
+        ));
         Fixture {
             _directory: directory,
             log,
@@ -718,7 +1132,11 @@ mod tests {
     async fn admit(fixture: &Fixture, messages: Vec<v1::Event>) -> Vec<Stored> {
         fixture
             .state
-            .admit_and_append(parsed(messages), &WriterScope::AnyCentre, "ingest")
+            .admit_and_append(
+                parsed(messages),
+                WriterScope::AnyCentre,
+                "ingest".to_owned(),
+            )
             .await
             .unwrap_or_else(|error| panic!("the batch was not appended: {error:?}"))
     }
@@ -833,5 +1251,361 @@ mod tests {
         // Restored (from nothing) and caught up from the log, then admitted
         // in log order: the same state exactly.
         assert_same_as_a_full_catch_up(&fixture, true).await;
+    }
+
+    /// A log whose appends wait at a gate: the test sees each append arrive
+    /// and lets it through, or fails it without storing anything.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<dyn EventLog>,
+        gates: Mutex<std::collections::VecDeque<Gate>>,
+    }
+
+    #[derive(Debug)]
+    struct Gate {
+        reached: tokio::sync::oneshot::Sender<()>,
+        /// `true`: store the batch; `false`: fail it, storing nothing.
+        release: tokio::sync::oneshot::Receiver<bool>,
+    }
+
+    /// The test's end of a gate.
+    struct GateControl {
+        reached: tokio::sync::oneshot::Receiver<()>,
+        release: tokio::sync::oneshot::Sender<bool>,
+    }
+
+    impl Gated {
+        fn gate(&self) -> GateControl {
+            let (reached_sender, reached) = tokio::sync::oneshot::channel();
+            let (release, release_receiver) = tokio::sync::oneshot::channel();
+            self.gates.lock().expect("not poisoned").push_back(Gate {
+                reached: reached_sender,
+                release: release_receiver,
+            });
+            GateControl { reached, release }
+        }
+    }
+
+    impl EventLog for Gated {
+        fn append<'life0, 'async_trait>(
+            &'life0 self,
+            batch: AppendBatch,
+        ) -> LogFuture<'async_trait, Vec<AppendOutcome>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                let gate = self.gates.lock().expect("not poisoned").pop_front();
+                if let Some(gate) = gate {
+                    let _ = gate.reached.send(());
+                    if !gate.release.await.unwrap_or(false) {
+                        return Err(LogError::Unavailable("failed by the test".to_owned()));
+                    }
+                }
+                self.inner.append(batch).await
+            })
+        }
+
+        fn read<'life0, 'async_trait>(
+            &'life0 self,
+            from: u64,
+            max: usize,
+        ) -> LogFuture<'async_trait, Vec<Record>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.read(from, max)
+        }
+
+        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.head()
+        }
+
+        fn stream_version<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            stream: &'life1 str,
+        ) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.stream_version(stream)
+        }
+
+        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
+            self.inner.tail(from)
+        }
+    }
+
+    struct GatedFixture {
+        _directory: tempfile::TempDir,
+        log: Arc<Gated>,
+        state: Arc<AdmissionState>,
+    }
+
+    async fn gated_fixture() -> GatedFixture {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let inner: Arc<dyn EventLog> = Arc::new(
+            EmbeddedLog::open(directory.path().join("log"), EmbeddedOptions::default())
+                .expect("an embedded log"),
+        );
+        let log = Arc::new(Gated {
+            inner,
+            gates: Mutex::new(std::collections::VecDeque::new()),
+        });
+        let (checkpointer, _) = Checkpointer::open(
+            &directory.path().join("checkpoint"),
+            "ingest",
+            true,
+            |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
+        )
+        .await
+        .expect("a checkpointer");
+        let state = Arc::new(AdmissionState::new(
+            Arc::clone(&log) as Arc<dyn EventLog>,
+            checkpointer,
+            Admitted::default(),
+        ));
+        GatedFixture {
+            _directory: directory,
+            log,
+            state,
+        }
+    }
+
+    type Call = tokio::task::JoinHandle<Result<Vec<Stored>, AdmitError>>;
+
+    /// Starts admitting a batch and returns once it is admitted (it may be
+    /// waiting for its turn or appending).
+    async fn start(fixture: &GatedFixture, messages: Vec<v1::Event>) -> Call {
+        let admitted_before = fixture.state.turns.borrow().admitted_through;
+        let state = Arc::clone(&fixture.state);
+        let call = tokio::spawn(async move {
+            state
+                .admit_and_append(
+                    parsed(messages),
+                    WriterScope::AnyCentre,
+                    "ingest".to_owned(),
+                )
+                .await
+        });
+        fixture
+            .state
+            .turns
+            .subscribe()
+            .wait_for(|turns| turns.admitted_through > admitted_before)
+            .await
+            .expect("the pipeline lives");
+        call
+    }
+
+    async fn same_as_a_full_catch_up(state: &AdmissionState, log: &dyn EventLog) {
+        let ours = state.state.lock().await;
+        let reference = folded_from_the_log(log).await;
+        assert_eq!(ours.pipeline.in_flight(), 0);
+        assert_eq!(ours.position, reference.position);
+        assert_eq!(ours.stream_versions, reference.stream_versions);
+        for probe in probes(log).await {
+            assert_eq!(
+                ours.admission.check(&probe, &WriterScope::AnyCentre),
+                reference.admission.check(&probe, &WriterScope::AnyCentre),
+                "{probe:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_admitted_while_the_one_before_is_appending_is_judged_after_it() {
+        let fixture = gated_fixture().await;
+        let gate = fixture.log.gate();
+        let first = start(
+            &fixture,
+            vec![
+                registered("e-1", "L-1"),
+                injected("e-2", "L-1", "2020-02-01"),
+            ],
+        )
+        .await;
+        gate.reached.await.expect("the first append arrives");
+        // Admitted while the first batch's append is in flight: it needs
+        // L-1 registered, repeats e-2 (a duplicate), and writes L-1's
+        // stream again, which the log must expect after the first batch.
+        let second = start(
+            &fixture,
+            vec![
+                injected("e-2", "L-1", "2020-02-01"),
+                injected("e-3", "L-1", "2020-06-01"),
+                registered("e-4", "L-2"),
+            ],
+        )
+        .await;
+        gate.release.send(true).expect("the append waits");
+        let first = first.await.expect("joins").expect("appended");
+        let second = second.await.expect("joins").expect("appended");
+        let placed = |stored: &[Stored]| -> Vec<(u64, bool)> {
+            stored
+                .iter()
+                .map(|stored| (stored.position, stored.duplicate))
+                .collect()
+        };
+        assert_eq!(placed(&first), vec![(1, false), (2, false)]);
+        assert_eq!(placed(&second), vec![(2, true), (3, false), (4, false)]);
+        same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
+        assert_eq!(fixture.state.records_folded_here().await, 0);
+    }
+
+    #[tokio::test]
+    async fn when_an_append_fails_the_batches_admitted_after_it_are_judged_as_if_it_never_was() {
+        let fixture = gated_fixture().await;
+        admit_gated(&fixture, vec![registered("e-0", "L-0")]).await;
+        let gate = fixture.log.gate();
+        let failing = start(
+            &fixture,
+            vec![
+                registered("e-1", "L-1"),
+                injected("e-2", "L-1", "2020-02-01"),
+            ],
+        )
+        .await;
+        gate.reached.await.expect("the failing append arrives");
+        // Both admitted on a state holding the failing batch's events.
+        let dependent = start(&fixture, vec![injected("e-3", "L-1", "2020-06-01")]).await;
+        let independent = start(
+            &fixture,
+            vec![
+                registered("e-4", "L-2"),
+                injected("e-5", "L-0", "2020-02-01"),
+            ],
+        )
+        .await;
+        // Conflicts with the failing batch's e-1 (other content) while that
+        // is in flight; once it failed, e-1 is new.
+        let repeating = start(&fixture, vec![registered("e-1", "L-3")]).await;
+        gate.release.send(false).expect("the append waits");
+        assert!(matches!(
+            failing.await.expect("joins"),
+            Err(AdmitError::Service(ServiceError::Unavailable(_)))
+        ));
+        // L-1 was never registered: the injection is refused, as it would
+        // have been had the failed batch never been sent.
+        match dependent.await.expect("joins") {
+            Err(AdmitError::Refused(verdicts)) => {
+                assert!(matches!(verdicts[0].verdict, Verdict::Refused(_)));
+            }
+            other => panic!("the dependent batch was not refused: {other:?}"),
+        }
+        // Judged again once the pipeline emptied, in whichever order they
+        // came back (concurrent calls have none): both stored, as new.
+        let independent = independent.await.expect("joins").expect("appended");
+        let repeating = repeating.await.expect("joins").expect("appended");
+        let mut positions: Vec<_> = independent
+            .iter()
+            .chain(&repeating)
+            .map(|stored| {
+                assert!(!stored.duplicate);
+                stored.position
+            })
+            .collect();
+        positions.sort_unstable();
+        assert_eq!(positions, vec![2, 3, 4]);
+        same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_behind_one_in_flight_leaves_the_state_as_the_log() {
+        let fixture = gated_fixture().await;
+        let gate = fixture.log.gate();
+        let first = start(&fixture, vec![registered("e-1", "L-1")]).await;
+        gate.reached.await.expect("the append arrives");
+        // Accepts e-2 into the admission, then e-3 is refused (L-9 is not
+        // registered): nothing of it may remain.
+        let refused = start(
+            &fixture,
+            vec![
+                injected("e-2", "L-1", "2020-02-01"),
+                injected("e-3", "L-9", "2020-02-01"),
+            ],
+        )
+        .await;
+        gate.release.send(true).expect("the append waits");
+        first.await.expect("joins").expect("appended");
+        assert!(matches!(
+            refused.await.expect("joins"),
+            Err(AdmitError::Refused(_))
+        ));
+        let after = admit_gated(&fixture, vec![injected("e-2", "L-1", "2020-03-01")]).await;
+        assert_eq!((after[0].position, after[0].duplicate), (2, false));
+        same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_that_goes_away_keeps_its_turn_and_the_next_one_is_served() {
+        let fixture = gated_fixture().await;
+        let gate = fixture.log.gate();
+        let state = Arc::clone(&fixture.state);
+        let abandoned = tokio::spawn(async move {
+            state
+                .admit_and_append(
+                    parsed(vec![registered("e-1", "L-1")]),
+                    WriterScope::AnyCentre,
+                    "ingest".to_owned(),
+                )
+                .await
+        });
+        gate.reached.await.expect("the append arrives");
+        abandoned.abort();
+        let _ = abandoned.await;
+        let next = start(&fixture, vec![injected("e-2", "L-1", "2020-02-01")]).await;
+        gate.release.send(true).expect("the append still waits");
+        let next = next.await.expect("joins").expect("appended");
+        assert_eq!((next[0].position, next[0].duplicate), (2, false));
+        same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_waits_for_the_batches_in_flight() {
+        let fixture = gated_fixture().await;
+        admit_gated(&fixture, vec![registered("e-0", "L-0")]).await;
+        let gate = fixture.log.gate();
+        let first = start(&fixture, vec![registered("e-1", "L-1")]).await;
+        gate.reached.await.expect("the append arrives");
+        let state = Arc::clone(&fixture.state);
+        let snapshot = tokio::task::spawn_blocking(move || (state.snapshotter())(0));
+        // The snapshot holds new admissions back until the pipeline empties.
+        fixture
+            .state
+            .turns
+            .subscribe()
+            .wait_for(|turns| turns.pausers == 1)
+            .await
+            .expect("the pipeline lives");
+        gate.release.send(true).expect("the append waits");
+        first.await.expect("joins").expect("appended");
+        let (position, _) = snapshot
+            .await
+            .expect("joins")
+            .expect("encodes")
+            .expect("a snapshot");
+        assert_eq!(position, 2);
+        assert_eq!(fixture.state.turns.borrow().pausers, 0);
+    }
+
+    async fn admit_gated(fixture: &GatedFixture, messages: Vec<v1::Event>) -> Vec<Stored> {
+        fixture
+            .state
+            .admit_and_append(
+                parsed(messages),
+                WriterScope::AnyCentre,
+                "ingest".to_owned(),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("the batch was not appended: {error:?}"))
     }
 }
