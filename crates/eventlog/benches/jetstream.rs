@@ -21,8 +21,9 @@
 //! (raw publishes with `Nats-Msg-Id`, raw atomic batches with and without the
 //! backend's metadata, in its envelope and in the headers of before), to show
 //! where the gap to raw comes from, and two appends in flight at once against
-//! 2 x 1000 raw publishes in flight. `JETSTREAM_BENCH_ONLY_SIDE=<n>` runs only
-//! the summary's side `n` (see `SIDES`), 2000 rounds, for `perf record`.
+//! 2 x 1000 raw publishes in flight. `JETSTREAM_BENCH_SIDES=<n,m,..>` runs
+//! only those sides of the summary (see `SIDES`), 2000 rounds or
+//! `JETSTREAM_BENCH_ROUNDS`, to compare them closely or for `perf record`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -429,16 +430,20 @@ fn summary(_criterion: &mut Criterion) {
         // One batch of each side in turn, round after round, so a change in
         // the machine's load (2 shared CPUs) hits every side alike; the
         // median batch time of each side gives its rate.
-        // For profiling one side alone (`perf record -p <nats-server>`):
-        // JETSTREAM_BENCH_ONLY_SIDE=<index into SIDES> runs just that one.
-        let only: Option<usize> = std::env::var("JETSTREAM_BENCH_ONLY_SIDE")
+        // For profiling or comparing a few sides (see the module doc):
+        // JETSTREAM_BENCH_SIDES=<indexes into SIDES, comma-separated> runs
+        // only those, JETSTREAM_BENCH_ROUNDS rounds (default 2000 then).
+        let only: Option<Vec<usize>> = std::env::var("JETSTREAM_BENCH_SIDES")
             .ok()
-            .and_then(|value| value.parse().ok());
-        let rounds = if only.is_some() { 2000 } else { INTERLEAVED_ROUNDS };
-        let mut seconds = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); SIDES.len()];
+            .map(|value| value.split(',').filter_map(|index| index.trim().parse().ok()).collect());
+        let rounds = std::env::var("JETSTREAM_BENCH_ROUNDS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(if only.is_some() { 2000 } else { INTERLEAVED_ROUNDS });
+        let mut seconds = vec![Vec::with_capacity(rounds); SIDES.len()];
         for _ in 0..rounds {
             for (index, (side, times)) in SIDES.iter().zip(&mut seconds).enumerate() {
-                if only.is_some_and(|only| only != index) {
+                if only.as_ref().is_some_and(|only| !only.contains(&index)) {
                     continue;
                 }
                 let batch = records(&numbers);
@@ -501,7 +506,9 @@ fn summary(_criterion: &mut Criterion) {
             SIDES[side].records_per_round() as f64 / times[times.len() / 2]
         };
         if let Some(only) = only {
-            println!("side {only} alone: {:.0} records/s", rate(only));
+            for side in only {
+                println!("side {side}: {:.0} records/s over {rounds} rounds", rate(side));
+            }
             return;
         }
         let [

@@ -17,8 +17,9 @@
 //! gap-free from 1. The key travels as the message id (`Nats-Msg-Id`) and
 //! the stream is read back from the subject. The append time (microseconds
 //! since the epoch, the appending client's clock) and the principal go in a
-//! one-line envelope in front of the payload, `1 <micros> <principal>\n<payload>` (the principal
-//! %-escaped outside printable ASCII; see `envelope.rs`), which reads strip:
+//! one-line envelope in front of the payload,
+//! `1 <micros> <principal>\n<payload>` (the principal %-escaped outside
+//! printable ASCII; see `envelope.rs`), which reads strip:
 //! a header would cost nats-server more than the same bytes in the payload,
 //! since it looks through every message's header block for each header it
 //! knows, and an atomic batch stages every message before storing it
