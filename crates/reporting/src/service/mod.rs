@@ -251,18 +251,21 @@ impl Projection {
     }
 }
 
+/// Decodes one record and folds it into `cohort`. Who recorded it is not
+/// copied: the audit reads the event and its position only (so the
+/// principal's string is not allocated and freed once per record).
 fn fold_record(cohort: &mut Cohort, record: &Record) -> Result<(), FollowError> {
-    let recorded = proto::convert::recorded_from_parts(
-        record.position,
-        record.recorded_at_micros,
-        &record.principal,
-        &record.payload,
-    )
-    .map_err(|error| FollowError::Fold {
+    let event =
+        proto::convert::decode_event(&record.payload).map_err(|error| FollowError::Fold {
+            position: record.position,
+            reason: error.to_string(),
+        })?;
+    cohort.apply(&domain::RecordedEvent {
         position: record.position,
-        reason: error.to_string(),
-    })?;
-    cohort.apply(&recorded);
+        recorded_at_micros: record.recorded_at_micros,
+        recorded_by: String::new(),
+        event,
+    });
     Ok(())
 }
 
@@ -275,10 +278,17 @@ impl AsyncFold for ProjectionFold {
         };
         {
             let mut folded = self.0.lock();
-            for record in records {
-                fold_record(&mut folded.cohort, record)?;
-                self.0.folded_here.fetch_add(1, Ordering::Relaxed);
+            for (folded_before, record) in records.iter().enumerate() {
+                if let Err(error) = fold_record(&mut folded.cohort, record) {
+                    self.0
+                        .folded_here
+                        .fetch_add(folded_before as u64, Ordering::Relaxed);
+                    return Err(error);
+                }
             }
+            self.0
+                .folded_here
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
             folded.folded_since_report += records.len();
             // Someone watches: the report now, before they wake, saves each
             // push a hop to a blocking thread and back (under load each
