@@ -4,8 +4,42 @@
 
 use std::fmt;
 
-fn all_chars(text: &str, allowed: impl Fn(char) -> bool) -> bool {
-    text.chars().all(allowed)
+/// The bytes an id's alphabet allows, one flag per byte value.
+type ByteSet = [bool; 256];
+
+/// An ASCII alphabet as a [`ByteSet`]: the letters and digits asked for and
+/// the `extra` punctuation. No byte of a non-ASCII character (all >= 0x80)
+/// is ever in it.
+const fn ascii_set(upper: bool, lower: bool, digits: bool, extra: &[u8]) -> ByteSet {
+    let mut set = [false; 256];
+    let mut byte = 0;
+    while byte < 128 {
+        let b = byte as u8;
+        set[byte] = (upper && b.is_ascii_uppercase())
+            || (lower && b.is_ascii_lowercase())
+            || (digits && b.is_ascii_digit());
+        byte += 1;
+    }
+    let mut index = 0;
+    while index < extra.len() {
+        set[extra[index] as usize] = true;
+        index += 1;
+    }
+    set
+}
+
+const EVENT_ID_BYTES: ByteSet = ascii_set(true, true, true, b"._:-");
+const CENTRE_BYTES: ByteSet = ascii_set(false, true, true, b"-");
+const PSEUDONYM_BYTES: ByteSet = ascii_set(true, true, true, b"._-");
+
+/// True when every byte of `text` is in `allowed`, i.e. every character is
+/// one of its ASCII characters. One table lookup per byte and no branch:
+/// every stored event's ids are checked again on each replay, and event ids
+/// are random (UUIDs), on which a per-character branch between letters,
+/// digits and punctuation mispredicts again and again.
+fn all_bytes_in(text: &str, allowed: &ByteSet) -> bool {
+    text.bytes()
+        .fold(true, |all, byte| all & allowed[usize::from(byte)])
 }
 
 /// The client-chosen id of an event: 1–64 chars of `[A-Za-z0-9._:-]`,
@@ -21,9 +55,7 @@ impl EventId {
                 text.chars().count()
             ));
         }
-        if !all_chars(text, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
-        }) {
+        if !all_bytes_in(text, &EVENT_ID_BYTES) {
             return Err("may only contain letters, digits and . _ : -".to_owned());
         }
         Ok(Self(text.to_owned()))
@@ -47,9 +79,7 @@ impl Centre {
                 text.chars().count()
             ));
         }
-        if !all_chars(text, |c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-        }) {
+        if !all_bytes_in(text, &CENTRE_BYTES) {
             return Err("may only contain lowercase letters, digits and -".to_owned());
         }
         if text == "all" {
@@ -76,9 +106,7 @@ impl Pseudonym {
                 text.chars().count()
             ));
         }
-        if !all_chars(text, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-        }) {
+        if !all_bytes_in(text, &PSEUDONYM_BYTES) {
             return Err("may only contain letters, digits and . _ -".to_owned());
         }
         if looks_like_nhs_number(text) {
@@ -189,5 +217,44 @@ mod tests {
         assert!(Centre::parse("leéds").is_err());
         assert!(Centre::parse("le\u{ff0d}ds").is_err());
         assert!(EventId::parse("e-1:a_b.c").is_ok());
+    }
+
+    /// The character rules as first written, one `char` at a time.
+    fn alphabets_by_char(text: &str) -> [bool; 3] {
+        [
+            text.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')),
+            text.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            text.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+        ]
+    }
+
+    fn alphabets_by_byte(text: &str) -> [bool; 3] {
+        [
+            all_bytes_in(text, &EVENT_ID_BYTES),
+            all_bytes_in(text, &CENTRE_BYTES),
+            all_bytes_in(text, &PSEUDONYM_BYTES),
+        ]
+    }
+
+    #[test]
+    fn the_byte_tables_hold_exactly_the_characters_of_each_alphabet() {
+        for c in (0..=0x2ffu32).filter_map(char::from_u32) {
+            let text = c.to_string();
+            assert_eq!(alphabets_by_byte(&text), alphabets_by_char(&text), "{c:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_checked_by_byte_as_by_char(
+            text in "[a-zA-Z0-9._:\\-]{0,8}(\\PC|[ /A-Z]){0,2}[a-z0-9._:-]{0,8}",
+            any in ".{0,12}",
+        ) {
+            proptest::prop_assert_eq!(alphabets_by_byte(&text), alphabets_by_char(&text));
+            proptest::prop_assert_eq!(alphabets_by_byte(&any), alphabets_by_char(&any));
+        }
     }
 }

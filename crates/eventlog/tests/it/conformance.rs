@@ -620,7 +620,7 @@ pub async fn concurrent_appenders_get_distinct_gap_free_positions(
     ensure!(read.len() as u64 == total);
     for (position, key) in &stored {
         ensure!(
-            &read[*position as usize - 1].key == key,
+            read[*position as usize - 1].key == key,
             "position {position} holds {key}"
         );
     }
