@@ -614,16 +614,15 @@ impl AdmissionState {
                 admitted.pipeline.failed.push(sequence);
             }
         } else {
-            let mut written: HashMap<String, ()> = HashMap::new();
+            let mut written: std::collections::HashSet<String> = std::collections::HashSet::new();
             for ((_, event), verdict) in parsed.iter().zip(&verdicts) {
                 let Ok(event) = event else {
                     stream_of_event.push(None);
                     continue;
                 };
                 let stream = stream_of(event);
-                if matches!(verdict, Verdict::Accepted { .. })
-                    && written.insert(stream.clone(), ()).is_none()
-                {
+                if matches!(verdict, Verdict::Accepted { .. }) && !written.contains(&stream) {
+                    written.insert(stream.clone());
                     let pipeline = &mut admitted.pipeline;
                     let source = match pipeline.pending.get_mut(&stream) {
                         Some(pending) => {
