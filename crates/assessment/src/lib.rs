@@ -160,10 +160,26 @@ pub fn patient_assessed(assessment: &PatientAssessment, source_position: u64) ->
             .to_owned(),
         findings,
         injections: u32::try_from(assessment.cycles.len()).unwrap_or(u32::MAX),
-        // Serialising plain structs cannot fail; an empty string would only
-        // lose the optional detail.
-        detail_json: serde_json::to_string(assessment).unwrap_or_default(),
+        detail_json: detail_json(assessment),
     }
+}
+
+/// The assessment as JSON (`serde_json::to_string`'s text), written into a
+/// buffer sized for it up front rather than grown by doubling from 128
+/// bytes (a long history's is ~17 KB), then trimmed to its length.
+fn detail_json(assessment: &PatientAssessment) -> String {
+    const BYTES_PER_CYCLE: usize = 512;
+    const BYTES_BESIDE_CYCLES: usize = 4096;
+    let mut bytes = Vec::with_capacity(
+        BYTES_BESIDE_CYCLES + assessment.cycles.len().saturating_mul(BYTES_PER_CYCLE),
+    );
+    // Serialising plain structs into memory cannot fail, and serde_json
+    // writes UTF-8; an empty string would only lose the optional detail.
+    if serde_json::to_writer(&mut bytes, assessment).is_err() {
+        return String::new();
+    }
+    bytes.shrink_to_fit();
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// The checkpoint's projection name; "-2" since the snapshot holds pending
@@ -817,6 +833,26 @@ mod tests {
                 expected_for_chunks(&reference, &[split as u64, head])
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn detail_json_is_serde_jsons_text_of_the_assessment() -> anyhow::Result<()> {
+        let records = records_of(&demodata::paper2019_lines(2019))?;
+        let mut projection = Projection::new(RuleParameters::default());
+        assert!(projection.fold_chunk(&records).is_none());
+        let mut assessed = 0;
+        for key in projection.cohort.patient_keys() {
+            let Some(assessment) = projection.cohort.patient(&key) else {
+                continue;
+            };
+            assert_eq!(
+                super::detail_json(&assessment),
+                serde_json::to_string(&assessment)?
+            );
+            assessed += 1;
+        }
+        anyhow::ensure!(assessed > 100, "only {assessed} patients");
         Ok(())
     }
 

@@ -96,18 +96,82 @@ impl fmt::Display for Standard {
     }
 }
 
-/// Serialises any value through its `Display` text (vocabularies, dates,
-/// identifiers all print as the contract spells them).
-fn as_text<T: fmt::Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
+/// A value that serialises as its `Display` text, which is a string it
+/// already holds (vocabularies, identifiers, standards) or can write into a
+/// small buffer (dates): serialised with `serialize_str`, whose JSON is the
+/// same as `collect_str`'s of the `Display` text (both escape the same
+/// characters the same way), without the formatting machinery. An
+/// assessment's JSON is written once per change published, about 17 KB for
+/// a long history, so this is most of what assessment spends serialising.
+trait Spelled {
+    /// Hands `spelled` the value's `Display` text.
+    fn with_text<R>(&self, spelled: impl FnOnce(&str) -> R) -> R;
 }
 
-fn as_optional_text<T: fmt::Display, S: Serializer>(
+macro_rules! spelled_by {
+    ($($type:ty => $method:ident),+ $(,)?) => {
+        $(impl Spelled for $type {
+            fn with_text<R>(&self, spelled: impl FnOnce(&str) -> R) -> R {
+                spelled(self.$method())
+            }
+        })+
+    };
+}
+
+spelled_by! {
+    Centre => as_str,
+    Pseudonym => as_str,
+    Muscle => as_str,
+    Side => as_str,
+    Product => as_str,
+    Guidance => as_str,
+    Rating => as_str,
+    Standard => id,
+}
+
+impl Spelled for ClinicalDate {
+    fn with_text<R>(&self, spelled: impl FnOnce(&str) -> R) -> R {
+        let mut buffer = [0u8; 10];
+        match iso_date(*self, &mut buffer) {
+            Some(text) => spelled(text),
+            None => spelled(&self.to_string()),
+        }
+    }
+}
+
+/// The date as `Display` writes it (`{:04}-{:02}-{:02}`), for the years
+/// 0 to 9999 (every clinical date); `None` for any other.
+fn iso_date(date: ClinicalDate, buffer: &mut [u8; 10]) -> Option<&str> {
+    let (year, month, day) = date.as_date().to_calendar_date();
+    let year = u16::try_from(year).ok().filter(|year| *year <= 9999)?;
+    let month = u8::from(month);
+    let digit = |value: u16| b'0' + (value % 10) as u8;
+    *buffer = [
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        b'-',
+        digit(u16::from(month) / 10),
+        digit(u16::from(month)),
+        b'-',
+        digit(u16::from(day) / 10),
+        digit(u16::from(day)),
+    ];
+    std::str::from_utf8(buffer).ok()
+}
+
+/// Serialises a value as its `Display` text (see [`Spelled`]).
+fn as_text<T: Spelled, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    value.with_text(|text| serializer.serialize_str(text))
+}
+
+fn as_optional_text<T: Spelled, S: Serializer>(
     value: &Option<T>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(value) => serializer.collect_str(value),
+        Some(value) => value.with_text(|text| serializer.serialize_str(text)),
         None => serializer.serialize_none(),
     }
 }
@@ -272,10 +336,13 @@ pub(crate) fn view_of(
             product: cycle.product,
             total_units: cycle.total_units,
             guidance: cycle.guidance,
-            muscles: muscles_of(cycle.muscles)
-                .into_iter()
-                .map(|(muscle, side)| InjectedMuscle { muscle, side })
-                .collect(),
+            muscles: {
+                let mut muscles = Vec::with_capacity(cycle.muscles.count_ones() as usize);
+                muscles.extend(
+                    muscles_of(cycle.muscles).map(|(muscle, side)| InjectedMuscle { muscle, side }),
+                );
+                muscles
+            },
             rating: cycle.rating,
             days_since_previous: index
                 .checked_sub(1)
@@ -432,5 +499,72 @@ fn interval_reason(analysis: &Analysis, parameters: &RuleParameters) -> String {
             parameters.min_interval_days,
             short.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The serialised text of every value [`Spelled`] writes is its
+    //! `Display` text. serde_json writes `serialize_str(text)` and
+    //! `collect_str(value)` alike when the text is the `Display` text, so an
+    //! assessment's JSON is byte for byte what serialising through `Display`
+    //! wrote before.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn spelled<T: Spelled>(value: &T) -> String {
+        value.with_text(str::to_owned)
+    }
+
+    #[test]
+    fn vocabularies_identifiers_and_standards_are_spelled_as_displayed() {
+        for value in Muscle::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        for value in Side::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        for value in Product::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        for value in Guidance::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        for value in Rating::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        for value in Standard::ALL {
+            assert_eq!(spelled(value), value.to_string());
+        }
+        let centre = Centre::parse("leeds-general").unwrap_or_else(|reason| panic!("{reason}"));
+        assert_eq!(spelled(&centre), centre.to_string());
+        let patient = Pseudonym::parse("L-000017").unwrap_or_else(|reason| panic!("{reason}"));
+        assert_eq!(spelled(&patient), patient.to_string());
+    }
+
+    #[test]
+    fn dates_at_the_edges_of_four_digit_years_are_spelled_as_displayed() {
+        for (year, month, day) in [
+            (1989, 1, 1),
+            (2000, 2, 29),
+            (2026, 12, 31),
+            (9999, 12, 31),
+            (1, 1, 1),
+        ] {
+            if let Some(date) = ClinicalDate::from_ymd(year, month, day) {
+                assert_eq!(spelled(&date), date.to_string());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_date_is_spelled_as_displayed(days in -800_000i32..3_000_000) {
+            if let Some(date) = ClinicalDate::from_days_since_epoch(days) {
+                prop_assert_eq!(spelled(&date), date.to_string());
+            }
+        }
     }
 }

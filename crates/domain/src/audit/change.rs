@@ -13,7 +13,10 @@
 //! - an assessment of a live injection changes that cycle's current rating
 //!   exactly when its rating differs from the current one (the last live
 //!   assessment of that injection before it); an assessment of a voided
-//!   injection, or one the log does not take, changes nothing;
+//!   injection, or one the log does not take, changes nothing. This is read
+//!   backwards from the tail of the packed log, from the response back to
+//!   its injection (usually a few events), not by decoding the whole log:
+//!   a rating costs the same however long the history;
 //! - a second registration changes nothing.
 //!
 //! Voids, resistance tests, referrals and discontinuations can change the
@@ -85,8 +88,19 @@ fn judged_from_log(body: &EventBody, log: &PatientLog, length_before: usize) -> 
         // an assessment equal to the last one, never lose a change.)
         return AssessmentChange::Changed;
     }
-    // The packed log is decoded to read the response, its injection and the
-    // injection's earlier assessments.
+    // Read from the tail of the packed log: the response, its injection and
+    // the injection's earlier assessments, a few events back.
+    match log.last_response_changes_rating() {
+        Some(true) => AssessmentChange::Changed,
+        Some(false) => AssessmentChange::Unchanged,
+        None => judged_by_decoding(log),
+    }
+}
+
+/// [`judged_from_log`] for a response, from the whole decoded log: what the
+/// tail read answers, kept for a log it cannot read (never one built by
+/// `apply` or restored and checked) and as its reference in tests.
+fn judged_by_decoding(log: &PatientLog) -> AssessmentChange {
     let events = log.decode();
     let Some((last, earlier)) = events.split_last() else {
         return AssessmentChange::Unchanged;

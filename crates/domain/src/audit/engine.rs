@@ -72,6 +72,17 @@ impl Kind {
     fn of_word(word: u64) -> Option<Kind> {
         Kind::ALL.get((word & KIND_MASK) as usize).copied()
     }
+
+    /// How many variable-length fields an event of this kind stores after
+    /// its day and position (a single byte below 0x80 counts as one: it
+    /// reads as a one-byte varint).
+    fn fields_after_day_and_position(self) -> usize {
+        match self {
+            Kind::Injection => 3,
+            Kind::Response | Kind::Resistance | Kind::Referral => 1,
+            Kind::Discontinued => 0,
+        }
+    }
 }
 
 /// A vocabulary value as its index in the vocabulary's `ALL` (every one has
@@ -100,17 +111,15 @@ pub(crate) fn muscle_bit(muscle: Muscle, side: Side) -> u32 {
     1 << (muscle as u32 * 2 + side as u32)
 }
 
-/// The (muscle, side) pairs of a muscle set, in the contract's muscle order.
-pub(crate) fn muscles_of(set: u32) -> Vec<(Muscle, Side)> {
-    let mut pairs = Vec::new();
-    for muscle in Muscle::ALL {
-        for side in Side::ALL {
-            if set & muscle_bit(*muscle, *side) != 0 {
-                pairs.push((*muscle, *side));
-            }
-        }
-    }
-    pairs
+/// The (muscle, side) pairs of a muscle set, in the contract's muscle order
+/// (`set.count_ones()` of them).
+pub(crate) fn muscles_of(set: u32) -> impl Iterator<Item = (Muscle, Side)> {
+    Muscle::ALL.iter().flat_map(move |muscle| {
+        Side::ALL
+            .iter()
+            .filter(move |side| set & muscle_bit(*muscle, **side) != 0)
+            .map(move |side| (*muscle, *side))
+    })
 }
 
 /// What the audit needs of one event, by type.
@@ -470,6 +479,74 @@ impl PatientLog {
         self.decode_into(&mut Vec::with_capacity(self.len()))
     }
 
+    /// For a log whose last stored event is a live response: whether it
+    /// changes the current rating of the injection it names, told from the
+    /// tail of the log without decoding the rest. True when the injection
+    /// is live and its last earlier live response rated it otherwise (or
+    /// there is none); false for a voided injection, or the same rating.
+    /// `None` when the last event is not a live response (or the buffers do
+    /// not read back, which a log built by [`Self::apply`] or passed by
+    /// [`Self::check_restored`] never does): the caller decodes instead.
+    ///
+    /// Every field is a LEB128 varint or a single byte below 0x80, so each
+    /// ends at a byte below 0x80 and every other byte of it is at or above
+    /// 0x80: the fields read backwards as well as forwards, and the words
+    /// tell how many fields each event has. The walk stops at the injection
+    /// named, usually a few events back.
+    pub fn last_response_changes_rating(&self) -> Option<bool> {
+        let Buffers { words, fields } = &*self.buffers;
+        let last = words.len().checked_sub(1)?;
+        let mut end = fields.len();
+        let mut named: Option<(usize, u64)> = None;
+        for index in (0..=last).rev() {
+            let word = words[index];
+            let kind = Kind::of_word(word)?;
+            let live_response = kind == Kind::Response && word & VOIDED_FLAG == 0;
+            // A response's one field after day and position: the distance
+            // back to its injection, then the rating's code in 2 bits.
+            let response = if live_response {
+                let start = field_start(fields, end)?;
+                let mut reader = Reader {
+                    bytes: &fields[..end],
+                    at: start,
+                };
+                let packed = reader.varint().ok()?;
+                let back = usize::try_from(packed >> 2).ok().filter(|back| *back > 0)?;
+                Some((index.checked_sub(back)?, packed & 0b11))
+            } else {
+                None
+            };
+            match named {
+                None => {
+                    let (injection, rating) = response?;
+                    let injection_word = words[injection];
+                    if injection_word & VOIDED_FLAG != 0
+                        || Kind::of_word(injection_word) != Some(Kind::Injection)
+                    {
+                        return Some(false);
+                    }
+                    named = Some((injection, rating));
+                }
+                Some((injection, rating)) => {
+                    if index <= injection {
+                        // No earlier live response names it: it was unrated.
+                        return Some(true);
+                    }
+                    if let Some((earlier_injection, earlier_rating)) = response
+                        && earlier_injection == injection
+                    {
+                        return Some(earlier_rating != rating);
+                    }
+                }
+            }
+            for _ in 0..kind.fields_after_day_and_position() + 2 {
+                end = field_start(fields, end)?;
+            }
+        }
+        // Not reached: at index 0 the walk has returned, whatever it found.
+        None
+    }
+
     /// The latest event with this id hash whose word passes `filter`.
     /// Searching from the end finds the usual targets (the last injection, a
     /// recent mistake) in a step or two.
@@ -479,6 +556,21 @@ impl PatientLog {
             .iter()
             .rposition(|word| word & HASH_MASK == hash && filter(*word))
     }
+}
+
+/// Where the field that ends just before `end` begins: its last byte is
+/// below 0x80 and every byte before it that belongs to it is at or above.
+#[inline]
+fn field_start(fields: &[u8], end: usize) -> Option<usize> {
+    let last = end.checked_sub(1)?;
+    if *fields.get(last)? >= 0x80 {
+        return None;
+    }
+    let mut start = last;
+    while start > 0 && fields[start - 1] >= 0x80 {
+        start -= 1;
+    }
+    Some(start)
 }
 
 /// Decodes the event at `index`, whose word is `word`, moving the running
@@ -1058,6 +1150,54 @@ mod tests {
             }
             prop_assert_eq!(log.registered, model.registered);
             prop_assert!(log.check_restored().is_ok());
+        }
+    }
+
+    /// What [`PatientLog::last_response_changes_rating`] must answer, from
+    /// the whole decoded log.
+    fn rating_change_by_decoding(log: &PatientLog) -> Option<bool> {
+        let events = log.decode();
+        let (last, earlier) = events.split_last()?;
+        let Detail::Response { injection, rating } = last.detail else {
+            return None;
+        };
+        if !matches!(
+            earlier.get(injection as usize).map(|event| event.detail),
+            Some(Detail::Injection { .. })
+        ) {
+            return Some(false);
+        }
+        let current = earlier[injection as usize + 1..]
+            .iter()
+            .rev()
+            .find_map(|event| match event.detail {
+                Detail::Response {
+                    injection: named,
+                    rating,
+                } if named == injection => Some(rating),
+                _ => None,
+            });
+        Some(current != Some(rating))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn reading_a_response_from_the_tail_answers_what_decoding_the_log_answers(
+            steps in proptest::collection::vec((0u8..7, day(), position(), any::<u32>()), 0..200),
+        ) {
+            let mut log = PatientLog::default();
+            for (index, step) in steps.into_iter().enumerate() {
+                // Responses more often, so that injections get several.
+                let step = if step.0 == 2 { (3, step.1, step.2, step.3) } else { step };
+                log.apply(&event_of(index, step));
+                prop_assert_eq!(
+                    log.last_response_changes_rating(),
+                    rating_change_by_decoding(&log),
+                    "after event {}", index
+                );
+            }
         }
     }
 
