@@ -27,6 +27,7 @@
 use crate::{
     audit::{
         Cohort, PatientAssessment,
+        assessment::view_of,
         engine::{Detail, PatientLog},
     },
     event::{EventBody, Rating, RecordedEvent},
@@ -121,33 +122,34 @@ fn judged_by_decoding(log: &PatientLog) -> AssessmentChange {
 
 /// Applies `recorded` to `cohort` and tells what it did to the patient's
 /// assessment ([`PatientAssessment`], all of it: "unchanged" means equal).
+/// The patient is looked up once, and their log judged before and after.
 pub fn apply_and_compare(cohort: &mut Cohort, recorded: &RecordedEvent) -> AssessmentChange {
     let event = &recorded.event;
-    let (registered_before, length_before) = cohort
-        .patient_log(&event.centre, &event.patient)
-        .map_or((false, 0), |log| (log.registered, log.len()));
-    let before = (registered_before && needs_assessing(&event.body))
-        .then(|| cohort.patient(&event.patient_key()));
-    cohort.apply(recorded);
-    let Some(log) = cohort.patient_log(&event.centre, &event.patient) else {
-        // `apply` always makes the patient's slot; no slot, no assessment.
-        return AssessmentChange::NotRegistered;
-    };
-    if !log.registered {
-        return AssessmentChange::NotRegistered;
-    }
-    if !registered_before {
-        return AssessmentChange::Changed;
-    }
-    match before {
-        Some(before) => {
-            let after: Option<PatientAssessment> = cohort.patient(&event.patient_key());
-            if after == before {
-                AssessmentChange::Unchanged
-            } else {
-                AssessmentChange::Changed
+    cohort.apply_with(recorded, |log, parameters| {
+        let (registered_before, length_before) = (log.registered, log.len());
+        let before = (registered_before && needs_assessing(&event.body)).then(|| {
+            let key = event.patient_key();
+            let assessment = view_of(&key, log, parameters);
+            (key, assessment)
+        });
+        let changed = log.apply(recorded);
+        let verdict = if !log.registered {
+            AssessmentChange::NotRegistered
+        } else if !registered_before {
+            AssessmentChange::Changed
+        } else {
+            match before {
+                Some((key, before)) => {
+                    let after: PatientAssessment = view_of(&key, log, parameters);
+                    if after == before {
+                        AssessmentChange::Unchanged
+                    } else {
+                        AssessmentChange::Changed
+                    }
+                }
+                None => judged_from_log(&event.body, log, length_before),
             }
-        }
-        None => judged_from_log(&event.body, log, length_before),
-    }
+        };
+        (changed, verdict)
+    })
 }
