@@ -58,13 +58,12 @@ impl IngestService {
             .into_status());
         }
         let today = ClinicalDate::from_date(time::OffsetDateTime::now_utc().date());
-        let parsed = events
-            .into_iter()
-            .map(|message| {
-                let event_id = message.event_id.clone();
-                (event_id, proto::convert::event_from_proto(message, today))
-            })
-            .collect();
+        let mut parsed = Vec::with_capacity(events.len());
+        for (index, message) in events.into_iter().enumerate() {
+            crate::state::yield_now_and_then(index).await;
+            let event_id = message.event_id.clone();
+            parsed.push((event_id, proto::convert::event_from_proto(message, today)));
+        }
         match self
             .state
             .admit_and_append(parsed, writer, principal.subject.clone())

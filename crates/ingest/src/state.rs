@@ -45,6 +45,20 @@ const CATCH_UP_CHUNK: usize = 4096;
 /// not stored).
 const MOST_ADMISSIONS: u32 = 8;
 
+/// Events handled between two yields to the runtime: validating, admitting
+/// and encoding a batch of thousands of events is milliseconds of CPU, and
+/// the log's client (async-nats) shares the runtime's threads; without a
+/// yield, a batch's append in flight waits for its acknowledgement to be
+/// read until the next batch's work is done.
+const EVENTS_BETWEEN_YIELDS: usize = 128;
+
+/// Lets the runtime run other tasks every [`EVENTS_BETWEEN_YIELDS`] events.
+pub(crate) async fn yield_now_and_then(index: usize) {
+    if index % EVENTS_BETWEEN_YIELDS == EVENTS_BETWEEN_YIELDS - 1 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// What the admission state knows, and up to where.
 #[derive(Debug, Default)]
 pub(crate) struct Admitted {
@@ -150,7 +164,7 @@ enum Attempt {
 /// repeated within the batch is a duplicate of its first occurrence and is
 /// not sent again), and for each event its record and whether it repeats.
 #[allow(clippy::type_complexity)]
-fn prepare_records(
+async fn prepare_records(
     parsed: &[(String, Result<Event, domain::Refusal>)],
     verdicts: &[Verdict],
     stream_of_event: Vec<Option<String>>,
@@ -159,7 +173,8 @@ fn prepare_records(
     let mut records = Vec::with_capacity(verdicts.len());
     let mut record_of_event = Vec::with_capacity(verdicts.len());
     let mut first_record: HashMap<&str, usize> = HashMap::with_capacity(verdicts.len());
-    for ((event_id, event), stream) in parsed.iter().zip(stream_of_event) {
+    for (index, ((event_id, event), stream)) in parsed.iter().zip(stream_of_event).enumerate() {
+        yield_now_and_then(index).await;
         let (Ok(event), Some(stream)) = (event, stream) else {
             return Err(ServiceError::Internal(format!(
                 "event {event_id} was admitted without being valid"
@@ -590,7 +605,8 @@ impl AdmissionState {
         let mut verdicts = Vec::with_capacity(parsed.len());
         let mut applied_any = false;
         let mut failed = false;
-        for (event_id, event) in parsed {
+        for (index, (event_id, event)) in parsed.iter().enumerate() {
+            yield_now_and_then(index).await;
             let verdict = match event {
                 Ok(event) => admitted.admission.check_and_apply(event, writer),
                 Err(_) => admitted
@@ -656,7 +672,7 @@ impl AdmissionState {
         let prepared = if failed {
             None
         } else {
-            match prepare_records(parsed, &verdicts, stream_of_event, principal) {
+            match prepare_records(parsed, &verdicts, stream_of_event, principal).await {
                 Ok(prepared) => Some(prepared),
                 Err(error) => {
                     // Finishing keeps the order: it waits for this batch's turn.
