@@ -95,6 +95,15 @@ struct Pipeline {
     failed: Vec<u64>,
     /// The streams batches in flight write.
     pending: HashMap<String, PendingStream>,
+    /// The ticket the next call gets: calls take one, in the order they
+    /// reach [`AdmissionState::admit_and_append`], before anything else.
+    next_ticket: u64,
+    /// The tickets of calls waiting to be admitted (for the first time, or
+    /// again): a call is admitted only when no call that arrived before it
+    /// is waiting, so admissions keep the calls' order of arrival also
+    /// when several waiters are woken at once (after a snapshot, a failed
+    /// append or a drained re-admission) and race for the lock.
+    waiting: std::collections::BTreeSet<u64>,
 }
 
 /// A stream written by a batch in flight.
@@ -112,6 +121,8 @@ struct Turns {
     admitted_through: u64,
     finished_through: u64,
     pausers: u32,
+    /// The first ticket waiting to be admitted (`u64::MAX`: none).
+    first_waiting: u64,
 }
 
 impl Pipeline {
@@ -130,12 +141,19 @@ impl Pipeline {
             admitted_through: self.admitted_through,
             finished_through: self.finished_through,
             pausers: self.pausers,
+            first_waiting: self.first_waiting(),
         }
+    }
+
+    fn first_waiting(&self) -> u64 {
+        self.waiting.first().copied().unwrap_or(u64::MAX)
     }
 }
 
 /// What an admission waits for before it may go on.
 enum Wait {
+    /// No call that arrived before this ticket waits to be admitted.
+    Earlier(u64),
     /// Every batch up to this one finished.
     Finished(u64),
     /// No snapshot or drained admission holds admissions back.
@@ -448,18 +466,47 @@ impl AdmissionState {
         writer: WriterScope,
         principal: String,
     ) -> Result<Vec<Stored>, AdmitError> {
+        // The call's place in the order of arrival, taken before the task
+        // is spawned (a runtime may run spawned tasks in any order).
+        let ticket = {
+            let mut admitted = self.state.lock().await;
+            let ticket = admitted.pipeline.next_ticket;
+            admitted.pipeline.next_ticket += 1;
+            admitted.pipeline.waiting.insert(ticket);
+            self.publish(&admitted);
+            ticket
+        };
         let state = Arc::clone(self);
-        tokio::spawn(async move { state.admit_in_turn(parsed, &writer, &principal).await })
-            .await
-            .unwrap_or_else(|error| {
-                Err(AdmitError::Service(ServiceError::Internal(format!(
-                    "the admission task failed: {error}"
-                ))))
-            })
+        let outcome = tokio::spawn(async move {
+            let outcome = state
+                .admit_in_turn(ticket, parsed, &writer, &principal)
+                .await;
+            state.leave(ticket).await;
+            outcome
+        })
+        .await;
+        outcome.unwrap_or_else(|error| {
+            // The task panicked before it left the queue: leave it here,
+            // or every later call would wait for this one forever.
+            let state = Arc::clone(self);
+            tokio::spawn(async move { state.leave(ticket).await });
+            Err(AdmitError::Service(ServiceError::Internal(format!(
+                "the admission task failed: {error}"
+            ))))
+        })
+    }
+
+    /// Takes a call that is done out of the admission queue.
+    async fn leave(&self, ticket: u64) {
+        let mut admitted = self.state.lock().await;
+        if admitted.pipeline.waiting.remove(&ticket) {
+            self.publish(&admitted);
+        }
     }
 
     async fn admit_in_turn(
         &self,
+        ticket: u64,
         parsed: Vec<(String, Result<Event, domain::Refusal>)>,
         writer: &WriterScope,
         principal: &str,
@@ -468,7 +515,10 @@ impl AdmissionState {
         let mut admissions = 1;
         let mut drained = false;
         loop {
-            match self.admit_once(&parsed, writer, principal, drained).await {
+            match self
+                .admit_once(ticket, &parsed, writer, principal, drained)
+                .await
+            {
                 Attempt::Again { drained: wanted } if admissions < MOST_ADMISSIONS => {
                     admissions += 1;
                     drained |= wanted;
@@ -506,14 +556,17 @@ impl AdmissionState {
         self.turns.send_replace(admitted.pipeline.turns());
     }
 
-    /// The state, once a batch may be admitted on it: no snapshot or
+    /// The state, once a batch may be admitted on it: no call that arrived
+    /// before this one (an earlier `ticket`) is waiting to be admitted, no snapshot or
     /// drained admission is waiting for the pipeline to empty, and a stale
     /// state (which only an empty pipeline may restore) has no batch in
     /// flight. With `drained`, also waits until no batch is in flight
     /// (holding new admissions back meanwhile), so the batch is judged
     /// after a catch-up with the log's head.
+    /// The call leaves the queue of waiting tickets when it gets the state.
     async fn lock_for_admission(
         &self,
+        ticket: u64,
         drained: bool,
     ) -> Result<tokio::sync::MutexGuard<'_, Admitted>, ServiceError> {
         let mut pausing = false;
@@ -521,12 +574,23 @@ impl AdmissionState {
         loop {
             let mut admitted = self.state.lock().await;
             let in_flight = admitted.pipeline.in_flight();
-            let awaited = if drained {
+            let awaited = if admitted.pipeline.first_waiting() < ticket {
+                // An earlier call goes first; a drained admission stops
+                // holding admissions back meanwhile (it would hold back
+                // the very call it waits for).
+                if pausing {
+                    pausing = false;
+                    admitted.pipeline.pausers -= 1;
+                    self.publish(&admitted);
+                }
+                Wait::Earlier(ticket)
+            } else if drained {
                 if in_flight == 0 {
                     if pausing {
                         admitted.pipeline.pausers -= 1;
-                        self.publish(&admitted);
                     }
+                    admitted.pipeline.waiting.remove(&ticket);
+                    self.publish(&admitted);
                     return Ok(admitted);
                 }
                 if !pausing {
@@ -540,10 +604,17 @@ impl AdmissionState {
             } else if admitted.stale && in_flight > 0 {
                 Wait::Finished(admitted.pipeline.admitted_through)
             } else {
+                if admitted.pipeline.waiting.remove(&ticket) {
+                    self.publish(&admitted);
+                }
                 return Ok(admitted);
             };
             drop(admitted);
             let waited = match awaited {
+                Wait::Earlier(ticket) => turns
+                    .wait_for(|turns| turns.first_waiting >= ticket)
+                    .await
+                    .map(drop),
                 Wait::Finished(through) => turns
                     .wait_for(|turns| turns.finished_through >= through)
                     .await
@@ -583,6 +654,7 @@ impl AdmissionState {
 
     async fn admit_once(
         &self,
+        ticket: u64,
         parsed: &[(String, Result<Event, domain::Refusal>)],
         writer: &WriterScope,
         principal: &str,
@@ -590,7 +662,7 @@ impl AdmissionState {
     ) -> Attempt {
         // 1. Admission, under the lock, on the state with every batch
         //    admitted before this one (appended or in flight).
-        let mut admitted = match self.lock_for_admission(drained).await {
+        let mut admitted = match self.lock_for_admission(ticket, drained).await {
             Ok(admitted) => admitted,
             Err(error) => return Attempt::Done(Err(AdmitError::Service(error))),
         };
@@ -698,17 +770,21 @@ impl AdmissionState {
             .iter()
             .any(|&failed| failed < sequence)
         {
-            // Judged with events of a batch that was not appended.
+            // Judged with events of a batch that was not appended: back in
+            // the queue, in its place among the calls.
+            admitted.pipeline.waiting.insert(ticket);
             self.finish(&mut admitted, sequence, &streams);
             return Attempt::Again { drained: false };
         }
         let Some((records, record_of_event)) = prepared else {
-            self.finish(&mut admitted, sequence, &streams);
             if !caught_up {
                 // Refused without a look at what other writers appended:
                 // judge again, caught up.
+                admitted.pipeline.waiting.insert(ticket);
+                self.finish(&mut admitted, sequence, &streams);
                 return Attempt::Again { drained: true };
             }
+            self.finish(&mut admitted, sequence, &streams);
             return Attempt::Done(Err(AdmitError::Refused(
                 parsed
                     .iter()
@@ -734,6 +810,7 @@ impl AdmissionState {
                     _ => {
                         // The batch before wrote nothing there after all
                         // (its record was already stored): judge again.
+                        admitted.pipeline.waiting.insert(ticket);
                         self.finish_failed(&mut admitted, sequence, &streams);
                         return Attempt::Done(Err(AdmitError::Service(ServiceError::Aborted(
                             format!("stream {stream} was not written where this batch expected it"),
@@ -755,6 +832,8 @@ impl AdmissionState {
         let outcomes = match appended {
             Ok(outcomes) => outcomes,
             Err(error) => {
+                // Admitted again if a stream moved (see `admit_in_turn`).
+                admitted.pipeline.waiting.insert(ticket);
                 self.finish_failed(&mut admitted, sequence, &streams);
                 return Attempt::Done(Err(AdmitError::Service(ServiceError::from(error))));
             }
@@ -1530,6 +1609,32 @@ mod tests {
             .collect();
         positions.sort_unstable();
         assert_eq!(positions, vec![2, 3, 4]);
+        same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_append_the_batches_behind_it_are_judged_again_in_the_order_they_came() {
+        let fixture = gated_fixture().await;
+        let gate = fixture.log.gate();
+        let failing = start(&fixture, vec![registered("e-0", "L-0")]).await;
+        gate.reached.await.expect("the failing append arrives");
+        // Independent of the failing batch; the second needs the first
+        // (L-1's registration). Both are judged again once the failed
+        // append finished: the last one to finish (the injection) must not
+        // be judged before the registration that came before it.
+        let registration = start(&fixture, vec![registered("e-1", "L-1")]).await;
+        let injection = start(&fixture, vec![injected("e-2", "L-1", "2020-02-01")]).await;
+        gate.release.send(false).expect("the append waits");
+        assert!(matches!(
+            failing.await.expect("joins"),
+            Err(AdmitError::Service(ServiceError::Unavailable(_)))
+        ));
+        let registration = registration.await.expect("joins").expect("appended");
+        let injection = injection
+            .await
+            .expect("joins")
+            .unwrap_or_else(|error| panic!("the injection was not appended: {error:?}"));
+        assert_eq!((registration[0].position, injection[0].position), (1, 2));
         same_as_a_full_catch_up(&fixture.state, fixture.log.as_ref()).await;
     }
 
