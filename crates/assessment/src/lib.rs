@@ -37,7 +37,15 @@
 //! it republishes, at most, events with ids the bus has already seen (the
 //! same message under the same id), which JetStream drops as duplicates,
 //! and always the latest assessment of every patient whose assessment
-//! changed after the last publication. A snapshot folded with other rule
+//! changed after the last publication. It never publishes a patient's
+//! assessment older than the one the bus already holds: a process killed
+//! after publishing a window's events but before checkpointing them would
+//! otherwise fold them again in other windows, publish an intermediate
+//! state (an id not stored yet) and then the latest (a duplicate, dropped),
+//! leaving the stale state last on the bus. So on start it learns each
+//! patient's last stored source position from the bus, and publishes a
+//! change only after it; the learned positions are dropped once the fold
+//! passes them all. A snapshot folded with other rule
 //! parameters, or of the first version (projection `assessment`, which kept
 //! published fingerprints), is refused and the log refolded from 1.
 
@@ -84,6 +92,8 @@ pub enum AssessmentError {
     Follow(#[from] FollowError),
     #[error("assessment server: {0}")]
     Server(#[from] ServerError),
+    #[error("assessment bus: {0}")]
+    Bus(#[from] service_kit::bus::BusError),
 }
 
 /// Everything assessment needs to run on its own.
@@ -214,6 +224,12 @@ struct Projection {
     pending: HashMap<PatientKey, u64>,
     /// When the oldest pending change was folded.
     pending_since: Option<Instant>,
+    /// Patient → source position of their last derived event the bus held
+    /// when this process started: a change at or before it is not
+    /// published (that event, or a later one of the patient, is stored).
+    /// Emptied once the fold is past `stored_up_to`, the largest of them.
+    stored: HashMap<PatientKey, u64>,
+    stored_up_to: u64,
 }
 
 /// The projection's checkpoint: the cohort, and the changes not published
@@ -232,6 +248,26 @@ impl Projection {
             folded_here: 0,
             pending: HashMap::new(),
             pending_since: None,
+            stored: HashMap::new(),
+            stored_up_to: 0,
+        }
+    }
+
+    /// Notes each patient's last derived event already on the bus, as
+    /// (centre, patient, source position); an entry that names no valid
+    /// patient cannot be one of ours and is ignored.
+    fn learn_stored(&mut self, stored: Vec<(String, String, u64)>) {
+        for (centre, patient, position) in stored {
+            let (Ok(centre), Ok(patient)) = (Centre::parse(&centre), Pseudonym::parse(&patient))
+            else {
+                continue;
+            };
+            let known = self
+                .stored
+                .entry(PatientKey::new(centre, patient))
+                .or_insert(position);
+            *known = (*known).max(position);
+            self.stored_up_to = self.stored_up_to.max(position);
         }
     }
 
@@ -274,6 +310,8 @@ impl Projection {
             folded_here: 0,
             pending_since: (!pending.is_empty()).then(Instant::now),
             pending,
+            stored: HashMap::new(),
+            stored_up_to: 0,
         })
     }
 
@@ -314,14 +352,22 @@ impl Projection {
 
     /// The derived events of the pending changes, by position: each
     /// patient's assessment now, which is their assessment after their last
-    /// change. Nothing is pending afterwards.
+    /// change. Nothing is pending afterwards. A change at or before the
+    /// patient's last event already stored is left out: that event is the
+    /// same one (same id) or a later state of the patient.
     fn take_derived(&mut self) -> Vec<PatientAssessed> {
         self.pending_since = None;
+        let stored = &self.stored;
         let mut latest: Vec<(u64, PatientKey)> = self
             .pending
             .drain()
+            .filter(|(key, position)| stored.get(key).is_none_or(|stored| position > stored))
             .map(|(key, position)| (position, key))
             .collect();
+        if self.position >= self.stored_up_to && !self.stored.is_empty() {
+            // Every change from now on is after every stored event.
+            self.stored = HashMap::new();
+        }
         latest.sort_unstable_by_key(|(position, _)| *position);
         latest
             .into_iter()
@@ -515,7 +561,13 @@ impl Assessment {
             bus: self.bus,
             log: Arc::clone(&self.log),
         };
-        // Changes the checkpoint kept pending are published first.
+        // What the bus holds already is never published over with an older
+        // state; then changes the checkpoint kept pending are published.
+        let stored = fold.bus.stored_latest_positions().await?;
+        fold.projection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .learn_stored(stored);
         fold.publish_pending().await?;
         follow_log(self.log, self.checkpointer, from_position, shutdown, fold).await?;
         Ok(())
@@ -832,6 +884,93 @@ mod tests {
                 published,
                 expected_for_chunks(&reference, &[split as u64, head])
             );
+        }
+        Ok(())
+    }
+
+    /// A process killed after publishing a window's events but before its
+    /// checkpoint covered them folds them again, in other windows: with
+    /// what the bus holds learned first, it never publishes a patient's
+    /// older state after the stored one, so each patient's last stored
+    /// event stays the rule's latest.
+    #[test]
+    fn a_restart_never_publishes_an_older_state_than_the_bus_holds() -> anyhow::Result<()> {
+        let records = records_of(&demodata::paper2019_lines(2019))?;
+        let reference = record_by_record(&records)?;
+        let mut rule_latest: BTreeMap<(String, String), &PatientAssessed> = BTreeMap::new();
+        let by_id: HashMap<String, &PatientAssessed> = reference
+            .iter()
+            .map(|(_, event)| (service_kit::bus::derived_event_id(event), event))
+            .collect();
+        for (_, event) in &reference {
+            rule_latest.insert((event.centre.clone(), event.patient.clone()), event);
+        }
+        for split in [records.len() / 3, records.len() / 2, records.len() - 1] {
+            // The bus, deduplicating by id as JetStream does.
+            let mut bus: Vec<PatientAssessed> = Vec::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut publish = |events: Vec<PatientAssessed>, bus: &mut Vec<PatientAssessed>| {
+                for event in events {
+                    if ids.insert(service_kit::bus::derived_event_id(&event)) {
+                        bus.push(event);
+                    }
+                }
+            };
+            // First run: one window up to `split`, published, then killed
+            // before any checkpoint.
+            let mut first = Projection::new(RuleParameters::default());
+            assert!(first.fold_chunk(&records[..split]).is_none());
+            publish(first.take_derived(), &mut bus);
+            let stored_before: HashMap<(String, String), u64> = bus
+                .iter()
+                .map(|event| {
+                    (
+                        (event.centre.clone(), event.patient.clone()),
+                        event.source_position,
+                    )
+                })
+                .collect();
+            // Restart from nothing, record by record: every intermediate
+            // state of the first window is a window's latest now.
+            let mut restarted = Projection::new(RuleParameters::default());
+            restarted.learn_stored(
+                stored_before
+                    .iter()
+                    .map(|((centre, patient), position)| {
+                        (centre.clone(), patient.clone(), *position)
+                    })
+                    .collect(),
+            );
+            for record in &records {
+                assert!(restarted.fold_chunk(std::slice::from_ref(record)).is_none());
+                let derived = restarted.take_derived();
+                for event in &derived {
+                    let stored = stored_before
+                        .get(&(event.centre.clone(), event.patient.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    assert!(
+                        event.source_position > stored,
+                        "{} published after {stored} was stored",
+                        service_kit::bus::derived_event_id(event)
+                    );
+                    assert_eq!(
+                        by_id.get(&service_kit::bus::derived_event_id(event)),
+                        Some(&event),
+                        "not the rule's event of that id"
+                    );
+                }
+                publish(derived, &mut bus);
+            }
+            assert!(
+                restarted.stored.is_empty(),
+                "the learned positions are kept"
+            );
+            let mut bus_latest: BTreeMap<(String, String), &PatientAssessed> = BTreeMap::new();
+            for event in &bus {
+                bus_latest.insert((event.centre.clone(), event.patient.clone()), event);
+            }
+            assert_eq!(bus_latest, rule_latest, "split at {split}");
         }
         Ok(())
     }

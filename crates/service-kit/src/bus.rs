@@ -9,7 +9,10 @@
 //!   position>`), so a publisher that restarts and publishes the same
 //!   assessment again is deduplicated by the server (within the stream's
 //!   duplicate window, set to one day). A follower reads the stream from its
-//!   start with an ordered consumer.
+//!   start with an ordered consumer. [`DerivedBus::stored_latest_positions`]
+//!   reads, headers only, the last message of each patient's subject: a
+//!   restarted publisher learns which of each patient's assessments the bus
+//!   already holds, so it never publishes an older one after it.
 
 use std::time::Duration;
 
@@ -36,6 +39,15 @@ pub fn derived_event_id(event: &PatientAssessed) -> String {
         "{}/{}@{}",
         event.centre, event.patient, event.source_position
     )
+}
+
+/// The centre, patient and source position written in a derived event's id
+/// (`<centre>/<patient>@<source position>`; a centre holds no `/`, a
+/// pseudonym no `@`), or `None` for anything else.
+pub fn parse_derived_event_id(id: &str) -> Option<(&str, &str, u64)> {
+    let (centre, rest) = id.split_once('/')?;
+    let (patient, position) = rest.rsplit_once('@')?;
+    Some((centre, patient, position.parse().ok()?))
 }
 
 /// A NATS subject token for a patient pseudonym: `.` would split the token,
@@ -143,6 +155,63 @@ impl DerivedBus {
         }
     }
 
+    /// Each patient's last derived event stored on the bus, as (centre,
+    /// patient, source position): on NATS, the last message of each
+    /// patient's subject (read headers only: the position is in its id); in
+    /// process, nothing, as nothing is kept for a publisher that restarts.
+    pub async fn stored_latest_positions(&self) -> Result<Vec<(String, String, u64)>, BusError> {
+        let DerivedBus::Nats(nats) = self else {
+            return Ok(Vec::new());
+        };
+        let NatsBus {
+            jetstream,
+            prefix,
+            stream_name,
+        } = nats.as_ref();
+        let stream = jetstream.get_stream(stream_name).await.map_err(|error| {
+            BusError::Unavailable(format!("cannot open stream {stream_name}: {error}"))
+        })?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                filter_subject: format!("{prefix}.derived.patient_assessed.>"),
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))?;
+        let mut stored = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(stored);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))?;
+        while let Some(item) = messages.next().await {
+            let message = item.map_err(|error| BusError::Unavailable(error.to_string()))?;
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID));
+            if let Some((centre, patient, position)) =
+                id.and_then(|id| parse_derived_event_id(id.as_str()))
+            {
+                stored.push((centre.to_owned(), patient.to_owned(), position));
+            }
+            let pending = message
+                .info()
+                .map_err(|error| BusError::Unavailable(error.to_string()))?
+                .pending;
+            if pending == 0 {
+                return Ok(stored);
+            }
+        }
+        Err(BusError::Unavailable(
+            "the derived stream ended while reading it".to_owned(),
+        ))
+    }
+
     /// Follows the derived events: in process from now on, on NATS from the
     /// start of the stream.
     pub async fn follow(
@@ -212,5 +281,11 @@ mod tests {
         bus.publish(event.clone()).await.unwrap();
         assert_eq!(follower.next().await.unwrap().unwrap(), event);
         assert_eq!(derived_event_id(&event), "leeds/L-1@7");
+        assert_eq!(
+            parse_derived_event_id("leeds/L.1@7"),
+            Some(("leeds", "L.1", 7))
+        );
+        assert_eq!(parse_derived_event_id("leeds/L-1"), None);
+        assert!(bus.stored_latest_positions().await.unwrap().is_empty());
     }
 }
