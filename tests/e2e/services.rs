@@ -587,6 +587,84 @@ async fn assessment_killed_mid_stream_publishes_nothing_twice() -> anyhow::Resul
     Ok(())
 }
 
+/// The bus already holds each patient's latest assessment (as after a
+/// process killed between publishing and checkpointing) when assessment
+/// starts without a checkpoint and folds the log in two windows: it never
+/// stores a patient's older state after the latest one, so each patient's
+/// last derived event stays the rule's latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assessment_never_stores_an_older_state_after_the_latest() -> anyhow::Result<()> {
+    let admin = token("leeds", "admin")?;
+    let (_, events) = paper2019()?;
+    let half = events.len() / 2;
+    // The rule's events, from the same events appended to a first log.
+    let expected = {
+        let nats = NatsServer::start().await?;
+        let directory = tempfile::tempdir()?;
+        let ingest = serve("ingest", &nats.url(), directory.path())?;
+        append_all(&ingest.client(&admin).await?, &events).await?;
+        expected_derived_events(&read_log(&nats.url()).await?)
+    };
+    let latest_of = |events: &[PatientAssessed]| {
+        let mut latest = std::collections::BTreeMap::new();
+        for event in events {
+            latest.insert((event.centre.clone(), event.patient.clone()), event.clone());
+        }
+        latest
+    };
+    let latest = latest_of(&expected);
+
+    let nats = NatsServer::start().await?;
+    let directory = tempfile::tempdir()?;
+    let bus = service_kit::DerivedBus::connect_nats(&nats.url(), "toxaudit").await?;
+    for event in latest.values() {
+        bus.publish(event.clone()).await?;
+    }
+    let ingest = serve("ingest", &nats.url(), directory.path())?;
+    let assessment = serve("assessment", &nats.url(), directory.path())?;
+    let ingest_client = ingest.client(&admin).await?;
+    let assessment_client = assessment.client(&admin).await?;
+    let reaches = |head: u64| {
+        let client = assessment_client.clone();
+        async move {
+            let findings = client
+                .assessment()
+                .list_findings(ListFindingsRequest {
+                    centre: "leeds".to_owned(),
+                })
+                .await?
+                .into_inner();
+            Ok(findings.as_of_position >= head)
+        }
+    };
+    let first_head = append_all(&ingest_client, &events[..half]).await?;
+    eventually("assessment folds the first half", || reaches(first_head)).await?;
+    let head = append_all(&ingest_client, &events[half..]).await?;
+    eventually("assessment reaches the head", || reaches(head)).await?;
+    assert_eq!(
+        expected,
+        expected_derived_events(&read_log(&nats.url()).await?),
+        "the two logs differ"
+    );
+    // Folds run one after the other, each publishing its window before the
+    // next starts: at the head, whatever was published before the last
+    // window is stored, and the last window holds each patient's latest.
+    let published = all_latest_stored(&nats.url(), &expected).await?;
+    let mut seen = std::collections::HashMap::new();
+    for event in &published {
+        let key = (event.centre.clone(), event.patient.clone());
+        if let Some(before) = seen.insert(key, event.source_position) {
+            assert!(
+                event.source_position > before,
+                "{} stored after {before}",
+                service_kit::bus::derived_event_id(event)
+            );
+        }
+    }
+    assert_published_by_the_rule(&published, &expected);
+    Ok(())
+}
+
 /// The checkpoint position written in a service's data directory.
 fn checkpoint_position(data: &Path) -> anyhow::Result<u64> {
     let path = data
