@@ -11,7 +11,9 @@
 //! was not appended; such a state is thrown away and restored from the
 //! checkpoint, then brought up to the log's head.
 //!
-//! Batches are admitted one at a time (a mutex around the state) and
+//! Batches are admitted one at a time (a mutex around the state), in the
+//! order the calls arrived (a ticket taken on entry; also when a batch is
+//! admitted again), and
 //! appended in the same order, one at a time, which is what makes "checked
 //! as if each accepted event had been appended before the next" hold across
 //! concurrent callers; but the lock is not held across the append: the next
