@@ -45,7 +45,9 @@
 //! leaving the stale state last on the bus. So on start it learns each
 //! patient's last stored source position from the bus, and publishes a
 //! change only after it; the learned positions are dropped once the fold
-//! passes them all. A snapshot folded with other rule
+//! passes them all. (Like the ids, which do not name the rule parameters,
+//! this assumes the stored events were folded with the same parameters.)
+//! A snapshot folded with other rule
 //! parameters, or of the first version (projection `assessment`, which kept
 //! published fingerprints), is refused and the log refolded from 1.
 
