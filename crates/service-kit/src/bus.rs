@@ -72,6 +72,28 @@ pub struct NatsBus {
     stream_name: String,
 }
 
+impl NatsBus {
+    /// An ordered consumer of the derived-events stream.
+    async fn ordered_consumer(
+        &self,
+        config: jetstream::consumer::pull::OrderedConfig,
+    ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>, BusError>
+    {
+        let stream_name = &self.stream_name;
+        let stream = self
+            .jetstream
+            .get_stream(stream_name)
+            .await
+            .map_err(|error| {
+                BusError::Unavailable(format!("cannot open stream {stream_name}: {error}"))
+            })?;
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))
+    }
+}
+
 /// How many derived events an in-process follower may lag before it is told
 /// it missed some.
 const IN_PROCESS_CAPACITY: usize = 65_536;
@@ -163,23 +185,14 @@ impl DerivedBus {
         let DerivedBus::Nats(nats) = self else {
             return Ok(Vec::new());
         };
-        let NatsBus {
-            jetstream,
-            prefix,
-            stream_name,
-        } = nats.as_ref();
-        let stream = jetstream.get_stream(stream_name).await.map_err(|error| {
-            BusError::Unavailable(format!("cannot open stream {stream_name}: {error}"))
-        })?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+        let consumer = nats
+            .ordered_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: DeliverPolicy::LastPerSubject,
-                filter_subject: format!("{prefix}.derived.patient_assessed.>"),
+                filter_subject: format!("{}.derived.patient_assessed.>", nats.prefix),
                 headers_only: true,
                 ..Default::default()
             })
-            .await
-            .map_err(|error| BusError::Unavailable(error.to_string()))?;
+            .await?;
         let mut stored = Vec::new();
         if consumer.cached_info().num_pending == 0 {
             return Ok(stored);
@@ -225,21 +238,12 @@ impl DerivedBus {
                     .boxed())
             }
             DerivedBus::Nats(nats) => {
-                let NatsBus {
-                    jetstream,
-                    stream_name,
-                    ..
-                } = nats.as_ref();
-                let stream = jetstream.get_stream(stream_name).await.map_err(|error| {
-                    BusError::Unavailable(format!("cannot open stream {stream_name}: {error}"))
-                })?;
-                let consumer = stream
-                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                let consumer = nats
+                    .ordered_consumer(jetstream::consumer::pull::OrderedConfig {
                         deliver_policy: DeliverPolicy::All,
                         ..Default::default()
                     })
-                    .await
-                    .map_err(|error| BusError::Unavailable(error.to_string()))?;
+                    .await?;
                 let messages = consumer
                     .messages()
                     .await

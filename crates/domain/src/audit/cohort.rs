@@ -306,20 +306,7 @@ impl Cohort {
     /// Folds one recorded event. Each patient's events must come in that
     /// patient's log order; patients may interleave in any way.
     pub fn apply(&mut self, recorded: &RecordedEvent) {
-        self.events_applied += 1;
-        let event = &recorded.event;
-        let hash = self
-            .patient_index
-            .hash(event.centre.as_str(), event.patient.as_str());
-        let slot = match self.find_patient(hash, &event.centre, &event.patient) {
-            Some(slot) => slot,
-            None => self.add_patient(hash, &event.centre, &event.patient),
-        };
-        let patient = &mut self.patients[slot as usize];
-        if patient.log.apply(recorded) && !patient.dirty {
-            patient.dirty = true;
-            self.dirty.push(slot);
-        }
+        self.apply_with(recorded, |log, _| (log.apply(recorded), ()));
     }
 
     /// Folds one recorded event as [`Cohort::apply`] does, finding its
