@@ -37,7 +37,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Events per Ingest.Append call, as an import would send them.
 const BATCH: usize = 250;
 
-/// The toxaudit binary of this build, brought up to date once per test run.
+/// The toxaudit binary of this build (built once if `cargo test` did not).
+/// `cargo test --workspace` (what `make test` runs) builds it with the
+/// tests; after changing the CLI or a service, `cargo test -p tests` alone
+/// runs whatever binary is there, so build it first (`cargo build -p cli`).
+/// Building it here every time would cost CI a second build of every
+/// dependency: `-p cli` alone resolves other features than the workspace.
 pub(super) fn toxaudit() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
     let mut built = BUILT
@@ -54,16 +59,10 @@ pub(super) fn toxaudit() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .context("the test binary is not in target/<profile>/deps")?;
     let binary = profile_directory.join(format!("toxaudit{}", std::env::consts::EXE_SUFFIX));
-    {
-        // Always (a no-op when it is up to date): a binary left from an
-        // earlier build would otherwise test old code when only this
-        // package is tested (`cargo test -p tests`).
+    if !binary.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = Command::new(cargo);
         command.args(["build", "-p", "cli", "--bin", "toxaudit"]);
-        if let Some(target_directory) = profile_directory.parent() {
-            command.arg("--target-dir").arg(target_directory);
-        }
         if profile_directory
             .file_name()
             .is_some_and(|name| name == "release")
