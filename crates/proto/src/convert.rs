@@ -199,14 +199,15 @@ fn text(value: String) -> RawField<String> {
 /// straight from the event (no message of owned strings in between), byte
 /// for byte what prost writes for [`v1::Event::from`] (the payload is the
 /// idempotency content, so it must never change; pinned by tests against
-/// [`encode_event_via_message`]).
+/// prost's own encoding of that message).
 pub fn encode_event(event: &Event) -> Bytes {
     Bytes::from(direct::event(event))
 }
 
 /// The log record of an event through prost: the reference
-/// [`encode_event`] equals.
-pub fn encode_event_via_message(event: &Event) -> Bytes {
+/// [`encode_event`] equals (tests only).
+#[cfg(test)]
+fn encode_event_via_message(event: &Event) -> Bytes {
     Bytes::from(v1::Event::from(event).encode_to_vec())
 }
 
