@@ -134,12 +134,8 @@ async fn read_and_decode(log: &EmbeddedLog, head: u64) -> anyhow::Result<f64> {
 }
 
 /// Seconds until assessment published the sentinel's derived event, and
-/// the derived events (and bytes of detail JSON) it published.
-async fn rebuild(
-    log: Arc<dyn EventLog>,
-    head: u64,
-    work: &Path,
-) -> anyhow::Result<(f64, u64, u64)> {
+/// the derived events it published.
+async fn rebuild(log: Arc<dyn EventLog>, head: u64, work: &Path) -> anyhow::Result<(f64, u64)> {
     let bus = DerivedBus::in_process();
     let mut derived = bus.follow().await?;
     let assessment =
@@ -148,21 +144,19 @@ async fn rebuild(
     let started = Instant::now();
     let task = tokio::spawn(assessment.run_until_stopped(shutdown));
     let mut published = 0_u64;
-    let mut json_bytes = 0_u64;
     let seconds = loop {
         let Some(item) = derived.next().await else {
             bail!("the bus ended before the head");
         };
         let event = item?;
         published += 1;
-        json_bytes += event.detail_json.len() as u64;
         if event.source_position >= head {
             break started.elapsed().as_secs_f64();
         }
     };
     trigger.trigger();
     task.await??;
-    Ok((seconds, published, json_bytes))
+    Ok((seconds, published))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -202,17 +196,15 @@ fn main() -> anyhow::Result<()> {
             let work = scratch.path().join(format!("checkpoints-{round}"));
             let dynamic: Arc<dyn EventLog> = log.clone();
             let cpu_before = cpu_seconds();
-            let (seconds, published, json_bytes) = rebuild(dynamic, head, &work).await?;
+            let (seconds, published) = rebuild(dynamic, head, &work).await?;
             let cpu_rebuild = cpu_seconds() - cpu_before;
             println!(
                 "round {round}: assessment at the head after {seconds:.3} s ({:.0}k events/s, \
                  {cpu_rebuild:.2} s cpu), read + decode {baseline:.3} s ({:.0}k events/s, \
-                 {cpu_baseline:.2} s cpu), ratio {:.2}; {published} derived events, \
-                 {:.1} MB of detail json",
+                 {cpu_baseline:.2} s cpu), ratio {:.2}; {published} derived events",
                 head as f64 / seconds / 1e3,
                 head as f64 / baseline / 1e3,
                 baseline / seconds,
-                json_bytes as f64 / 1e6,
             );
         }
         Ok(())

@@ -54,7 +54,6 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -68,6 +67,7 @@ use domain::{
     },
 };
 use eventlog::{EventLog, Record};
+use hashbrown::HashMap;
 use proto::v1::{
     Finding, GetPatientRequest, ListFindingsRequest, ListFindingsResponse, PatientAssessed,
     assessment_server::{Assessment as AssessmentRpc, AssessmentServer},
@@ -114,7 +114,14 @@ pub struct AssessmentConfig {
 }
 
 /// The derived event of one patient's assessment after the log event at
-/// `source_position`.
+/// `source_position`: the summary (classification, findings, rule set,
+/// injections) that the bus carries and `ListFindings` lists, with
+/// `detail_json` empty. [`patient_assessed_in_detail`] adds the detail.
+///
+/// The whole assessment as JSON is ~17 KB for a long history; serialising it
+/// into every derived event cost assessment ~30% of its rebuild (180 MB of
+/// JSON per 10k patients) for a field no consumer of the bus read, and made
+/// every change a 17 KB message on JetStream (ADR 0011).
 pub fn patient_assessed(assessment: &PatientAssessment, source_position: u64) -> PatientAssessed {
     let mut findings: Vec<Finding> = assessment
         .standards
@@ -172,7 +179,20 @@ pub fn patient_assessed(assessment: &PatientAssessment, source_position: u64) ->
             .to_owned(),
         findings,
         injections: u32::try_from(assessment.cycles.len()).unwrap_or(u32::MAX),
+        detail_json: String::new(),
+    }
+}
+
+/// `GetPatient`'s answer: the derived event's summary and, in `detail_json`,
+/// the domain's whole per-patient assessment (cycles, SNR pathway dates,
+/// standards with reasons).
+pub fn patient_assessed_in_detail(
+    assessment: &PatientAssessment,
+    source_position: u64,
+) -> PatientAssessed {
+    PatientAssessed {
         detail_json: detail_json(assessment),
+        ..patient_assessed(assessment, source_position)
     }
 }
 
@@ -208,8 +228,7 @@ const BULK_CHUNK_RECORDS: usize = 512;
 const MAX_PENDING: Duration = Duration::from_secs(1);
 
 /// Nor for more patients than this: their derived events are published in
-/// one burst, each with the patient's whole assessment as JSON (~15 KB for
-/// a long history), which a lagging bus subscriber holds in memory.
+/// one burst, which a lagging bus subscriber holds in memory.
 const MAX_PENDING_PATIENTS: usize = 1024;
 
 /// The projection: the cohort, how far it has folded, and the changes not
@@ -609,10 +628,9 @@ impl AssessmentRpc for AssessmentService {
         let key = PatientKey::new(centre, patient);
         let projection = self.lock();
         match projection.cohort.patient(&key) {
-            Some(assessment) if assessment.registered => Ok(Response::new(patient_assessed(
-                &assessment,
-                projection.position,
-            ))),
+            Some(assessment) if assessment.registered => Ok(Response::new(
+                patient_assessed_in_detail(&assessment, projection.position),
+            )),
             _ => Err(ServiceError::NotFound(format!("patient {key} is not registered")).into()),
         }
     }
@@ -706,7 +724,7 @@ mod tests {
     use eventlog::Record;
     use proto::v1::PatientAssessed;
 
-    use super::{Projection, patient_assessed};
+    use super::{Projection, patient_assessed, patient_assessed_in_detail};
 
     fn records_of(lines: &[String]) -> anyhow::Result<Vec<Record>> {
         let today =
@@ -729,7 +747,7 @@ mod tests {
     }
 
     /// The rule as first written: after every record, the patient's whole
-    /// assessment as a message, published when it differs from the last one.
+    /// assessment, its summary published when it differs from the last one.
     fn record_by_record(records: &[Record]) -> anyhow::Result<Vec<(PatientKey, PatientAssessed)>> {
         let mut cohort = Cohort::new(RuleParameters::default());
         let mut last: HashMap<PatientKey, PatientAssessed> = HashMap::new();
@@ -749,16 +767,12 @@ mod tests {
             if !view.registered {
                 continue;
             }
-            let current = patient_assessed(&view, 0);
+            // Changed is judged on the whole assessment (the detail);
+            // what is published is the summary.
+            let current = patient_assessed_in_detail(&view, 0);
             if last.get(&key) != Some(&current) {
-                last.insert(key.clone(), current.clone());
-                published.push((
-                    key,
-                    PatientAssessed {
-                        source_position: record.position,
-                        ..current
-                    },
-                ));
+                last.insert(key.clone(), current);
+                published.push((key, patient_assessed(&view, record.position)));
             }
         }
         Ok(published)

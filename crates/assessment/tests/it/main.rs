@@ -64,12 +64,13 @@ async fn append(log: &dyn EventLog, lines: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs assessment until it has folded `head`, collecting what it publishes
-/// and counting the records it folded itself.
+/// and counting the records it folded itself; with GetPatient's last answer
+/// for leeds/L-1.
 async fn run_until(
     log: Arc<dyn EventLog>,
     checkpoints: &std::path::Path,
     head: u64,
-) -> anyhow::Result<(Vec<PatientAssessed>, u64)> {
+) -> anyhow::Result<(Vec<PatientAssessed>, u64, PatientAssessed)> {
     let bus = DerivedBus::in_process();
     let mut published = bus.follow().await?;
     let secret = Arc::new(JwtSecret::from_bytes(SECRET)?);
@@ -92,7 +93,7 @@ async fn run_until(
     let client = ServiceClient::connect(&url, &token, None).await?;
     // The service answers GetPatient as of the position it has folded.
     let mut waited = 0;
-    loop {
+    let answer = loop {
         let patient = client
             .assessment()
             .get_patient(GetPatientRequest {
@@ -100,13 +101,15 @@ async fn run_until(
                 patient: "L-1".to_owned(),
             })
             .await;
-        if matches!(&patient, Ok(answer) if answer.get_ref().source_position >= head) {
-            break;
+        if let Ok(answer) = patient
+            && answer.get_ref().source_position >= head
+        {
+            break answer.into_inner();
         }
         waited += 1;
         anyhow::ensure!(waited < 2000, "assessment never reached position {head}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
     trigger.trigger();
     task.await??;
     // Everything published is in the channel by now (published before the
@@ -115,7 +118,7 @@ async fn run_until(
     while let Some(Some(event)) = published.next().now_or_never() {
         events.push(event?);
     }
-    Ok((events, progress.records_folded_here()))
+    Ok((events, progress.records_folded_here(), answer))
 }
 
 /// Starts assessment on `log`, then appends `lines` one at a time, each once
@@ -177,9 +180,18 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
     assert_eq!(first[0].classification, "not_snr");
 
     // A restart resumes from the checkpoint: nothing new, nothing again.
-    let (second, folded) = run_until(Arc::clone(&log), &checkpoints, 7).await?;
+    let (second, folded, asked) = run_until(Arc::clone(&log), &checkpoints, 7).await?;
     assert!(second.is_empty(), "{second:?}");
     assert_eq!(folded, 0, "the restart refolded records of its checkpoint");
+
+    // The bus carries the summary; GetPatient adds the whole assessment.
+    assert!(first.iter().all(|event| event.detail_json.is_empty()));
+    assert_eq!(asked.classification, "suboptimal");
+    assert_eq!(asked.findings, last.findings);
+    let detail: serde_json::Value = serde_json::from_str(&asked.detail_json)?;
+    assert_eq!(detail["patient"], "L-1");
+    assert_eq!(detail["cycles"].as_array().map(Vec::len), Some(3));
+    assert_eq!(detail["snr"]["group"], "suboptimal");
 
     // A re-assessment with the same rating changes nothing: not published.
     // One that changes the rating is, once.
@@ -198,7 +210,7 @@ async fn each_change_is_published_once_and_a_restart_publishes_nothing_again() -
         &[line("e-9", "L-1", "2019-08-26", &rating("e-6", "good"))],
     )
     .await?;
-    let (third, folded) = run_until(Arc::clone(&log), &checkpoints, 9).await?;
+    let (third, folded, _) = run_until(Arc::clone(&log), &checkpoints, 9).await?;
     assert_eq!(folded, 2, "only positions 8 and 9 are new");
     let positions: Vec<_> = third.iter().map(|event| event.source_position).collect();
     assert_eq!(positions, vec![9]);
@@ -237,7 +249,7 @@ async fn a_catch_up_publishes_the_latest_assessment_under_the_live_id() -> anyho
     )
     .await?;
     append(live_log.as_ref(), &lines[7..]).await?;
-    let (after, _) = run_until(live_log, &checkpoints.join("live"), 9).await?;
+    let (after, _, _) = run_until(live_log, &checkpoints.join("live"), 9).await?;
     assert!(after.is_empty(), "{after:?}");
 
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(
@@ -245,7 +257,7 @@ async fn a_catch_up_publishes_the_latest_assessment_under_the_live_id() -> anyho
         EmbeddedOptions::default(),
     )?);
     append(log.as_ref(), &lines).await?;
-    let (caught_up, folded) = run_until(log, &checkpoints.join("catch-up"), 9).await?;
+    let (caught_up, folded, _) = run_until(log, &checkpoints.join("catch-up"), 9).await?;
     assert_eq!(folded, 9);
     // However the nine records were chunked, what is published is what the
     // live follower published under the same ids, ending with position 7.
