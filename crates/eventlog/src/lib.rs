@@ -177,4 +177,51 @@ pub trait EventLog: Send + Sync + fmt::Debug {
     /// Every record from position `from` on, then each new one as it is
     /// appended: a live tail that never ends on its own. No gap, no repeat.
     fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>>;
+
+    /// [`EventLog::tail`] in chunks of 1 to `max` records (`max` 0 is taken
+    /// as 1): the same records in the same order, each chunk what the log had
+    /// ready at once, so a reader far behind gets full chunks and one at the
+    /// head whatever is new. An error is an item of its own, after the chunk
+    /// of the records before it.
+    ///
+    /// The default regroups `tail`; a backend that reads in chunks anyway
+    /// hands its chunks over instead of passing each record through a
+    /// stream (the embedded log: ~4% of a projection's replay, ADR 0001).
+    fn tail_chunks(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> BoxStream<'static, Result<Vec<Record>, LogError>> {
+        chunks_of_tail(self.tail(from), max.max(1))
+    }
+}
+
+/// `tail` regrouped into chunks of what is ready, split around each error
+/// so the items keep `tail`'s order.
+fn chunks_of_tail(
+    tail: BoxStream<'static, Result<Record, LogError>>,
+    max: usize,
+) -> BoxStream<'static, Result<Vec<Record>, LogError>> {
+    use futures::StreamExt;
+    tail.ready_chunks(max)
+        .flat_map(|chunk| {
+            let mut items = Vec::with_capacity(1);
+            let mut records = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(record) => records.push(record),
+                    Err(error) => {
+                        if !records.is_empty() {
+                            items.push(Ok(std::mem::take(&mut records)));
+                        }
+                        items.push(Err(error));
+                    }
+                }
+            }
+            if !records.is_empty() {
+                items.push(Ok(records));
+            }
+            futures::stream::iter(items)
+        })
+        .boxed()
 }

@@ -264,7 +264,7 @@ pub async fn follow_log(
     mut fold: impl AsyncFold,
 ) -> Result<(), FollowError> {
     tracing::info!(from_position, "following the event log");
-    let mut tail = log.tail(from_position).ready_chunks(FOLD_CHUNK);
+    let mut tail = log.tail_chunks(from_position, FOLD_CHUNK);
     let mut timer = tokio::time::interval(CHECKPOINT_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pacing = SavePacing::new();
@@ -279,25 +279,14 @@ pub async fn follow_log(
                 }
             }
             chunk = tail.next() => {
-                let Some(chunk) = chunk else {
-                    break;
-                };
-                let mut records = Vec::with_capacity(chunk.len());
-                let mut failure = None;
-                for item in chunk {
-                    match item {
-                        Ok(record) => records.push(record),
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
-                        }
+                match chunk {
+                    None => break,
+                    Some(Ok(records)) => fold.fold(&records).await?,
+                    Some(Err(error)) => {
+                        // Every record before the failure was folded: keep them.
+                        checkpointer.save(fold.snapshotter()).await?;
+                        return Err(FollowError::Log(error));
                     }
-                }
-                fold.fold(&records).await?;
-                if let Some(error) = failure {
-                    // Every record before the failure was folded: keep them.
-                    checkpointer.save(fold.snapshotter()).await?;
-                    return Err(FollowError::Log(error));
                 }
             }
         }

@@ -287,42 +287,59 @@ struct Tail {
 }
 
 impl Tail {
+    fn new(shared: &Arc<Shared>, from: u64) -> Self {
+        Tail {
+            shared: Arc::clone(shared),
+            durable_head: shared.durable_head.clone(),
+            next_position: from.max(1),
+            ready: VecDeque::new(),
+            finished: false,
+        }
+    }
+
     async fn next_record(&mut self) -> Option<Result<Record, LogError>> {
+        if let Some(record) = self.ready.pop_front() {
+            return Some(Ok(record));
+        }
+        match self.next_read(TAIL_READ_RECORDS).await? {
+            Ok(records) => {
+                self.ready.extend(records);
+                self.ready.pop_front().map(Ok)
+            }
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    /// Waits until a record at `next_position` is durable and reads from
+    /// there: 1 to `max` records, straight from one read (a chunk of
+    /// `tail_chunks`). `None` once finished; an error finishes.
+    async fn next_read(&mut self, max: usize) -> Option<Result<Vec<Record>, LogError>> {
         if self.finished {
             return None;
         }
         loop {
-            if let Some(record) = self.ready.pop_front() {
-                return Some(Ok(record));
-            }
             // Mark the head seen before reading up to it: `changed` below then
             // wakes for any record made durable after this line.
             let head = *self.durable_head.borrow_and_update();
             if self.next_position <= head {
-                match read_blocking(
-                    Arc::clone(&self.shared),
-                    self.next_position,
-                    TAIL_READ_RECORDS,
-                )
-                .await
+                return match read_blocking(Arc::clone(&self.shared), self.next_position, max).await
                 {
                     Ok(records) if !records.is_empty() => {
                         self.next_position += records.len() as u64;
-                        self.ready.extend(records);
-                        continue;
+                        Some(Ok(records))
                     }
                     Ok(_) => {
                         self.finished = true;
-                        return Some(Err(LogError::Corrupt(format!(
+                        Some(Err(LogError::Corrupt(format!(
                             "position {} is below the durable head {head} but cannot be read",
                             self.next_position
-                        ))));
+                        ))))
                     }
                     Err(error) => {
                         self.finished = true;
-                        return Some(Err(error));
+                        Some(Err(error))
                     }
-                }
+                };
             }
             if self.durable_head.changed().await.is_err() {
                 self.finished = true;
@@ -366,15 +383,23 @@ impl EventLog for EmbeddedLog {
     }
 
     fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
-        let tail = Tail {
-            shared: Arc::clone(&self.shared),
-            durable_head: self.shared.durable_head.clone(),
-            next_position: from.max(1),
-            ready: VecDeque::new(),
-            finished: false,
-        };
+        let tail = Tail::new(&self.shared, from);
         futures::stream::unfold(tail, |mut tail| async move {
             let next = tail.next_record().await?;
+            Some((next, tail))
+        })
+        .boxed()
+    }
+
+    fn tail_chunks(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> BoxStream<'static, Result<Vec<Record>, LogError>> {
+        let tail = Tail::new(&self.shared, from);
+        let max = max.max(1);
+        futures::stream::unfold(tail, move |mut tail| async move {
+            let next = tail.next_read(max).await?;
             Some((next, tail))
         })
         .boxed()

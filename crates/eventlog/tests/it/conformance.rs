@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
                 an_invalid_record_is_refused,
                 tail_gives_stored_records_then_new_ones_without_gap_or_repeat,
                 tail_from_beyond_the_head_starts_at_that_position,
+                tail_chunks_give_the_tails_records_in_chunks_of_at_most_max,
                 concurrent_appenders_get_distinct_gap_free_positions,
                 only_one_of_two_racing_writers_with_the_same_expectation_wins,
                 records_keys_and_stream_versions_survive_reopening,
@@ -567,6 +568,52 @@ pub async fn tail_from_beyond_the_head_starts_at_that_position(
     append_numbered(log.as_ref(), 5, 5).await?;
     let first = tail.next().await.context("tail ended")??;
     ensure!(first.position == 3 && first.key == "e-3", "{first:?}");
+    Ok(())
+}
+
+pub async fn tail_chunks_give_the_tails_records_in_chunks_of_at_most_max(
+    mut under_test: impl LogUnderTest,
+) -> Result<()> {
+    let log = under_test.open().await?;
+    append_numbered(log.as_ref(), 10, 4).await?;
+    let mut chunks = log.tail_chunks(2, 3);
+    let mut tail = log.tail(2);
+    let mut chunked = Vec::new();
+    while chunked.len() < 9 {
+        let chunk = chunks.next().await.context("tail_chunks ended")??;
+        ensure!(
+            (1..=3).contains(&chunk.len()),
+            "a chunk of {} records",
+            chunk.len()
+        );
+        chunked.extend(chunk);
+    }
+    ensure!(chunked.len() == 9, "read past the head: {chunked:?}");
+    for chunked in &chunked {
+        let tailed = tail.next().await.context("tail ended")??;
+        ensure!(
+            *chunked == tailed,
+            "tail_chunks gave {chunked:?}, tail {tailed:?}"
+        );
+    }
+
+    // Live: a record appended later comes as the next chunk, alone.
+    let waiting = tokio::spawn(async move { chunks.next().await });
+    log.append(AppendBatch::new(vec![record(
+        "e-11",
+        "leeds.L-1",
+        "eleven",
+    )]))
+    .await?;
+    let live = waiting.await?.context("tail_chunks ended")??;
+    let positions: Vec<u64> = live.iter().map(|record| record.position).collect();
+    ensure!(positions == vec![11], "{positions:?}");
+    let zero = log
+        .tail_chunks(11, 0)
+        .next()
+        .await
+        .context("tail_chunks ended")??;
+    ensure!(zero.len() == 1 && zero[0].key == "e-11", "{zero:?}");
     Ok(())
 }
 
