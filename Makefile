@@ -34,6 +34,10 @@ deps: ## install what the tests need: nats-server >= 2.11, Python grpcio
 test: deps ## run every test (installs what is missing first)
 	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) test --workspace
 
+.PHONY: e2e
+e2e: deps ## run only the end-to-end tests (tests/e2e, a test target of crates/cli: the binary is rebuilt first)
+	NATS_SERVER_BIN="$$(scripts/ensure-nats-server.sh)" $(CARGO) test -p cli --test e2e
+
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all --check

@@ -27,6 +27,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use service_kit::{JwtSecret, Role, ServiceClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::toxaudit;
+
 const SECRET: &str = "a dashboard test secret, long enough";
 /// How long a process may take to start, or the page to show a change.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -51,23 +53,6 @@ fn profile_directory() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .context("the test binary is not in target/<profile>/deps")?
         .to_owned())
-}
-
-/// The toxaudit binary of this build (built if `cargo test` did not).
-fn toxaudit() -> anyhow::Result<PathBuf> {
-    let profile = profile_directory()?;
-    let binary = profile.join(format!("toxaudit{}", std::env::consts::EXE_SUFFIX));
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "-p", "cli", "--bin", "toxaudit"]);
-        if profile.file_name().is_some_and(|name| name == "release") {
-            command.arg("--release");
-        }
-        let status = command.status().context("building the toxaudit binary")?;
-        ensure!(status.success(), "cargo build of toxaudit failed");
-    }
-    Ok(binary)
 }
 
 /// Where artifacts go: the `target` directory of this build.
@@ -143,7 +128,7 @@ struct Up {
 }
 
 fn start_up(directory: &Path) -> anyhow::Result<Up> {
-    let mut command = Command::new(toxaudit()?);
+    let mut command = Command::new(toxaudit());
     command
         .arg("up")
         .arg("--data-dir")

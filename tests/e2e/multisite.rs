@@ -752,7 +752,7 @@ async fn clients_without_credentials_are_refused_and_the_services_with_credentia
         directory.path().join("reporting.log"),
     )?;
     drop((up, reporting));
-    let without = std::process::Command::new(super::services::toxaudit()?)
+    let without = std::process::Command::new(super::toxaudit())
         .args([
             "up",
             "--nats",

@@ -19,7 +19,6 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -30,6 +29,8 @@ use proto::v1::{GetReportRequest, ListFindingsRequest, PatientAssessed};
 use service_kit::ServiceClient;
 use test_support::NatsServer;
 
+use super::toxaudit;
+
 const SECRET: &str = "an end-to-end test secret, long enough";
 /// How long a service may take to start or to catch up.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -37,48 +38,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Events per Ingest.Append call, as an import would send them.
 const BATCH: usize = 250;
 
-/// The toxaudit binary of this build (built once if `cargo test` did not).
-/// `cargo test --workspace` (what `make test` runs) builds it with the
-/// tests; after changing the CLI or a service, `cargo test -p tests` alone
-/// runs whatever binary is there, so build it first (`cargo build -p cli`).
-/// Building it here every time would cost CI a second build of every
-/// dependency: `-p cli` alone resolves other features than the workspace.
-pub(super) fn toxaudit() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(path) = built.as_ref() {
-        return Ok(path.clone());
-    }
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/toxaudit
-    let test_binary = std::env::current_exe().context("locating the test binary")?;
-    let profile_directory = test_binary
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary is not in target/<profile>/deps")?;
-    let binary = profile_directory.join(format!("toxaudit{}", std::env::consts::EXE_SUFFIX));
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "-p", "cli", "--bin", "toxaudit"]);
-        if profile_directory
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            command.arg("--release");
-        }
-        let status = command.status().context("building the toxaudit binary")?;
-        ensure!(status.success(), "cargo build of toxaudit failed");
-    }
-    *built = Some(binary.clone());
-    Ok(binary)
-}
-
 /// A token signed with the test secret, through `toxaudit token issue`.
 fn token(centre: &str, role: &str) -> anyhow::Result<String> {
-    let output = Command::new(toxaudit()?)
+    let output = Command::new(toxaudit())
         .args(["token", "issue", "--centre", centre, "--role", role])
         .env("TOXAUDIT_JWT_SECRET", SECRET)
         .output()
@@ -107,7 +69,7 @@ impl ServiceProcess {
             .append(true)
             .open(&log_path)
             .context("opening the service log")?;
-        let mut child = Command::new(toxaudit()?)
+        let mut child = Command::new(toxaudit())
             .args(arguments)
             .env("TOXAUDIT_JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
@@ -257,7 +219,7 @@ fn offline_report(lines: &[String], directory: &Path) -> anyhow::Result<serde_js
     let file = directory.join("events.ndjson");
     std::fs::write(&file, lines.join("\n") + "\n")?;
     let data = directory.join("offline");
-    let import = Command::new(toxaudit()?)
+    let import = Command::new(toxaudit())
         .args(["import", "--data-dir"])
         .arg(&data)
         .arg(&file)
@@ -267,7 +229,7 @@ fn offline_report(lines: &[String], directory: &Path) -> anyhow::Result<serde_js
         "offline import failed: {}",
         String::from_utf8_lossy(&import.stderr)
     );
-    let report = Command::new(toxaudit()?)
+    let report = Command::new(toxaudit())
         .args(["report", "--format", "json", "--data-dir"])
         .arg(&data)
         .output()?;
@@ -871,7 +833,8 @@ async fn a_python_grpc_client_lists_services_checks_health_and_reads_the_report(
         .await?;
     // Reporting has folded the event before the probe asks.
     report_at(&client, 1).await?;
-    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/grpc_probe.py");
+    // This test target belongs to crates/cli: the workspace root is two up.
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/grpc_probe.py");
     let target = service.url.trim_start_matches("http://").to_owned();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("python3")
