@@ -27,14 +27,21 @@ macro_rules! vocabulary {
 
             /// Parses the contract's spelling; the error lists what is allowed.
             pub fn parse(text: &str) -> Result<Self, String> {
-                match text {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "'{}' is not one of {}",
-                        other,
-                        [$($text),+].join(", ")
-                    )),
-                }
+                Self::parse_bytes(text.as_bytes())
+            }
+
+            /// [`Self::parse`] of a text's bytes, not yet known to be UTF-8
+            /// (a stored record's): every spelling is ASCII, so a match
+            /// proves the text is too, without checking it twice.
+            pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
+                $(if text == $text.as_bytes() {
+                    return Ok($name::$variant);
+                })+
+                Err(format!(
+                    "'{}' is not one of {}",
+                    String::from_utf8_lossy(text),
+                    [$($text),+].join(", ")
+                ))
             }
         }
 

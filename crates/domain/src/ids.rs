@@ -1,8 +1,15 @@
 //! Identifiers of the envelope: the event id (idempotency key), the centre,
 //! and the patient pseudonym. Each is a newtype whose only constructor checks
 //! the contract, so holding one proves it is valid.
+//!
+//! Each holds a [`CompactString`]: every replay builds the ids of every
+//! stored event, and a centre or pseudonym (up to 24 bytes, i.e. all in
+//! practice) is then stored inline instead of in an allocation of its own.
+//! Event ids (UUIDs, 36 bytes) still allocate.
 
 use std::fmt;
+
+use compact_str::CompactString;
 
 /// The bytes an id's alphabet allows, one flag per byte value.
 type ByteSet = [bool; 256];
@@ -37,88 +44,126 @@ const PSEUDONYM_BYTES: ByteSet = ascii_set(true, true, true, b"._-");
 /// every stored event's ids are checked again on each replay, and event ids
 /// are random (UUIDs), on which a per-character branch between letters,
 /// digits and punctuation mispredicts again and again.
-fn all_bytes_in(text: &str, allowed: &ByteSet) -> bool {
-    text.bytes()
-        .fold(true, |all, byte| all & allowed[usize::from(byte)])
+fn all_bytes_in(text: &[u8], allowed: &ByteSet) -> bool {
+    text.iter()
+        .fold(true, |all, byte| all & allowed[usize::from(*byte)])
+}
+
+/// The length of a refused text in characters, as its reason states it.
+/// The bytes of a stored record are not yet known to be UTF-8; for a text
+/// that is (every other source's), this is `str::chars().count()`.
+fn characters(text: &[u8]) -> usize {
+    String::from_utf8_lossy(text).chars().count()
+}
+
+/// The id of bytes already found to be in an ASCII alphabet, so always
+/// UTF-8; `refusal` is the alphabet's reason, for the case that cannot
+/// happen.
+fn ascii_id(text: &[u8], refusal: &str) -> Result<CompactString, String> {
+    std::str::from_utf8(text)
+        .map(CompactString::new)
+        .map_err(|_| refusal.to_owned())
 }
 
 /// The client-chosen id of an event: 1–64 chars of `[A-Za-z0-9._:-]`,
 /// unique across the whole log and case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId(String);
+pub struct EventId(CompactString);
 
 impl EventId {
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_bytes(text.as_bytes())
+    }
+
+    /// [`Self::parse`] of a text's bytes, not yet known to be UTF-8 (a
+    /// stored record's): the alphabet admits ASCII only, so it proves them
+    /// UTF-8 on the way.
+    pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
+        const REFUSAL: &str = "may only contain letters, digits and . _ : -";
         if text.is_empty() || text.len() > 64 {
             return Err(format!(
                 "must be 1 to 64 characters, got {}",
-                text.chars().count()
+                characters(text)
             ));
         }
         if !all_bytes_in(text, &EVENT_ID_BYTES) {
-            return Err("may only contain letters, digits and . _ : -".to_owned());
+            return Err(REFUSAL.to_owned());
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self(ascii_id(text, REFUSAL)?))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 /// A centre of the network: 2–32 chars of `[a-z0-9-]`; `all` is reserved for
 /// the network-wide scope.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Centre(String);
+pub struct Centre(CompactString);
 
 impl Centre {
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_bytes(text.as_bytes())
+    }
+
+    /// [`Self::parse`] of a text's bytes, not yet known to be UTF-8 (see
+    /// [`EventId::parse_bytes`]).
+    pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
+        const REFUSAL: &str = "may only contain lowercase letters, digits and -";
         if text.len() < 2 || text.len() > 32 {
             return Err(format!(
                 "must be 2 to 32 characters, got {}",
-                text.chars().count()
+                characters(text)
             ));
         }
         if !all_bytes_in(text, &CENTRE_BYTES) {
-            return Err("may only contain lowercase letters, digits and -".to_owned());
+            return Err(REFUSAL.to_owned());
         }
-        if text == "all" {
+        if text == b"all" {
             return Err("'all' is reserved for the network-wide scope".to_owned());
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self(ascii_id(text, REFUSAL)?))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 /// A patient pseudonym: 1–64 chars of `[A-Za-z0-9._-]`, never a real
 /// identifier. A value that looks like a valid NHS number is refused.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Pseudonym(String);
+pub struct Pseudonym(CompactString);
 
 impl Pseudonym {
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_bytes(text.as_bytes())
+    }
+
+    /// [`Self::parse`] of a text's bytes, not yet known to be UTF-8 (see
+    /// [`EventId::parse_bytes`]).
+    pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
+        const REFUSAL: &str = "may only contain letters, digits and . _ -";
         if text.is_empty() || text.len() > 64 {
             return Err(format!(
                 "must be 1 to 64 characters, got {}",
-                text.chars().count()
+                characters(text)
             ));
         }
         if !all_bytes_in(text, &PSEUDONYM_BYTES) {
-            return Err("may only contain letters, digits and . _ -".to_owned());
+            return Err(REFUSAL.to_owned());
         }
-        if looks_like_nhs_number(text) {
+        if nhs_number_bytes(text) {
             return Err(
                 "looks like an NHS number; use a pseudonym, never a real identifier".to_owned(),
             );
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self(ascii_id(text, REFUSAL)?))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -126,13 +171,27 @@ impl Pseudonym {
 /// NHS-number modulus-11 check (weights 10..2 on the first nine digits; the
 /// check digit is 11 − remainder, 11 becomes 0, and 10 is never valid).
 pub fn looks_like_nhs_number(text: &str) -> bool {
-    let digits: Vec<u32> = text
-        .chars()
-        .filter(|c| *c != '-' && *c != '.')
-        .map(|c| c.to_digit(10))
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
-    if digits.len() != 10 {
+    nhs_number_bytes(text.as_bytes())
+}
+
+/// [`looks_like_nhs_number`] of a text's bytes, without an allocation: every
+/// pseudonym of every replayed event is checked. A byte of a non-ASCII
+/// character is never a digit, as no such character is a decimal digit for
+/// `char::to_digit(10)`.
+fn nhs_number_bytes(text: &[u8]) -> bool {
+    let mut digits = [0u32; 10];
+    let mut count = 0;
+    for byte in text {
+        if matches!(byte, b'-' | b'.') {
+            continue;
+        }
+        if !byte.is_ascii_digit() || count == digits.len() {
+            return false;
+        }
+        digits[count] = u32::from(byte - b'0');
+        count += 1;
+    }
+    if count != digits.len() {
         return false;
     }
     let weighted: u32 = digits[..9]
@@ -166,12 +225,12 @@ macro_rules! display_as_str {
     ($($name:ident),*) => {$(
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.0.as_str())
             }
         }
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
     )*};
@@ -233,9 +292,9 @@ mod tests {
 
     fn alphabets_by_byte(text: &str) -> [bool; 3] {
         [
-            all_bytes_in(text, &EVENT_ID_BYTES),
-            all_bytes_in(text, &CENTRE_BYTES),
-            all_bytes_in(text, &PSEUDONYM_BYTES),
+            all_bytes_in(text.as_bytes(), &EVENT_ID_BYTES),
+            all_bytes_in(text.as_bytes(), &CENTRE_BYTES),
+            all_bytes_in(text.as_bytes(), &PSEUDONYM_BYTES),
         ]
     }
 
@@ -247,7 +306,100 @@ mod tests {
         }
     }
 
+    /// The NHS-number check as first written, one `char` at a time.
+    fn looks_like_nhs_number_by_char(text: &str) -> bool {
+        let digits: Vec<u32> = text
+            .chars()
+            .filter(|c| *c != '-' && *c != '.')
+            .map(|c| c.to_digit(10))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        if digits.len() != 10 {
+            return false;
+        }
+        let weighted: u32 = digits[..9]
+            .iter()
+            .zip((2..=10).rev())
+            .map(|(digit, weight)| digit * weight)
+            .sum();
+        let check = match 11 - (weighted % 11) {
+            11 => 0,
+            10 => return false,
+            other => other,
+        };
+        check == digits[9]
+    }
+
+    /// The three ids' rules as first written, on a `str`.
+    fn parsed_by_char(text: &str) -> [Result<String, String>; 3] {
+        let [event_id, centre, pseudonym] = alphabets_by_char(text);
+        let count = text.chars().count();
+        [
+            if text.is_empty() || text.len() > 64 {
+                Err(format!("must be 1 to 64 characters, got {count}"))
+            } else if !event_id {
+                Err("may only contain letters, digits and . _ : -".to_owned())
+            } else {
+                Ok(text.to_owned())
+            },
+            if text.len() < 2 || text.len() > 32 {
+                Err(format!("must be 2 to 32 characters, got {count}"))
+            } else if !centre {
+                Err("may only contain lowercase letters, digits and -".to_owned())
+            } else if text == "all" {
+                Err("'all' is reserved for the network-wide scope".to_owned())
+            } else {
+                Ok(text.to_owned())
+            },
+            if text.is_empty() || text.len() > 64 {
+                Err(format!("must be 1 to 64 characters, got {count}"))
+            } else if !pseudonym {
+                Err("may only contain letters, digits and . _ -".to_owned())
+            } else if looks_like_nhs_number_by_char(text) {
+                Err("looks like an NHS number; use a pseudonym, never a real identifier".to_owned())
+            } else {
+                Ok(text.to_owned())
+            },
+        ]
+    }
+
     proptest::proptest! {
+        #[test]
+        fn nhs_numbers_are_recognised_by_byte_as_by_char(
+            text in "[0-9.\\-]{8,13}(\\PC|[a-z])?[0-9.\\-]{0,3}",
+            any in ".{0,14}",
+        ) {
+            proptest::prop_assert_eq!(
+                looks_like_nhs_number(&text),
+                looks_like_nhs_number_by_char(&text)
+            );
+            proptest::prop_assert_eq!(
+                looks_like_nhs_number(&any),
+                looks_like_nhs_number_by_char(&any)
+            );
+        }
+
+        /// The ids parse as the character-by-character rules of the first
+        /// version did, reasons included.
+        #[test]
+        fn ids_parse_as_by_char(
+            text in "[a-zA-Z0-9._:\\-]{0,40}(\\PC|[ /])?[a-z0-9.-]{0,30}|[0-9-]{10,12}|all",
+        ) {
+            let [event_id, centre, pseudonym] = parsed_by_char(&text);
+            proptest::prop_assert_eq!(
+                EventId::parse(&text).map(|id| id.as_str().to_owned()),
+                event_id
+            );
+            proptest::prop_assert_eq!(
+                Centre::parse(&text).map(|id| id.as_str().to_owned()),
+                centre
+            );
+            proptest::prop_assert_eq!(
+                Pseudonym::parse(&text).map(|id| id.as_str().to_owned()),
+                pseudonym
+            );
+        }
+
         #[test]
         fn ids_are_checked_by_byte_as_by_char(
             text in "[a-zA-Z0-9._:\\-]{0,8}(\\PC|[ /A-Z]){0,2}[a-z0-9._:-]{0,8}",

@@ -178,12 +178,54 @@ impl<S> RawEvent<S> {
 }
 
 /// The text of a raw event: owned (`String`, from a decoded message),
-/// borrowed (`&str`, straight from a stored record) or either (`Cow`, from a
-/// line whose strings may hold escapes). The validator copies a text only
-/// into the event it builds.
-pub trait Text: AsRef<str> + Into<String> {}
+/// borrowed (`&str`), either (`Cow`, from a line whose strings may hold
+/// escapes), or the bytes of a stored record's string field (`&[u8]`),
+/// not yet checked to be UTF-8. The validator reads a text's bytes: every
+/// rule but `reason`'s admits ASCII only, so a text that passes proves
+/// itself UTF-8 and a stored record's texts are not checked twice. It
+/// copies a text only into the event it builds.
+pub trait Text {
+    /// The text's bytes: UTF-8 for every source but a stored record.
+    fn text_bytes(&self) -> &[u8];
+    /// The text as an owned string, or `None` when its bytes are not UTF-8.
+    fn into_string(self) -> Option<String>;
+}
 
-impl<S: AsRef<str> + Into<String>> Text for S {}
+impl Text for String {
+    fn text_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn into_string(self) -> Option<String> {
+        Some(self)
+    }
+}
+
+impl Text for &str {
+    fn text_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn into_string(self) -> Option<String> {
+        Some(self.to_owned())
+    }
+}
+
+impl Text for std::borrow::Cow<'_, str> {
+    fn text_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn into_string(self) -> Option<String> {
+        Some(self.into_owned())
+    }
+}
+
+impl Text for &[u8] {
+    fn text_bytes(&self) -> &[u8] {
+        self
+    }
+    fn into_string(self) -> Option<String> {
+        std::str::from_utf8(self).ok().map(str::to_owned)
+    }
+}
 
 /// A field's name in a reason, built only when a reason is given: most
 /// events are valid, and naming `muscles[3].units` costs an allocation.
@@ -213,16 +255,21 @@ impl FieldName for MuscleField {
 /// Checks every rule of the contract that needs no log state, with "today"
 /// bounding `occurred_on` (up to today + 1 day) and the birth and onset years
 /// (up to today's year). Returns every reason at once.
-pub fn validate<S: Text>(raw: RawEvent<S>, today: ClinicalDate) -> Result<Event, Refusal> {
-    Validator::new(Some(today)).event(raw)
+pub fn validate<S: Text>(mut raw: RawEvent<S>, today: ClinicalDate) -> Result<Event, Refusal> {
+    Validator::new(Some(today)).event(&mut raw)
 }
 
 /// Like [`validate`], but without the bounds that depend on "today": for
 /// events read back from the log, which were checked against the day they
 /// were written. Every other rule still holds, so a damaged record is still
 /// refused rather than trusted.
-pub fn validate_stored<S: Text>(raw: RawEvent<S>) -> Result<Event, Refusal> {
-    Validator::new(None).event(raw)
+///
+/// A stored record's fast reader gives its texts as bytes (`&[u8]`): a text
+/// that is not UTF-8 is then refused, whereas the protobuf decoder refuses
+/// the whole record; its caller decides again by the slow path whenever
+/// this refuses.
+pub fn validate_stored<S: Text>(mut raw: RawEvent<S>) -> Result<Event, Refusal> {
+    Validator::new(None).event(&mut raw)
 }
 
 /// Collects reasons while a raw event is read.
@@ -276,10 +323,10 @@ impl Validator {
         &mut self,
         field: impl FieldName,
         value: RawField<S>,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Option<T> {
         let text = self.required(field, value)?;
-        match parse(text.as_ref()) {
+        match parse(text.text_bytes()) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
                 self.refuse(field.name(), reason);
@@ -293,12 +340,12 @@ impl Validator {
         &mut self,
         field: &'static str,
         value: RawField<S>,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<Option<T>, ()> {
         let Some(text) = self.optional(field, value)? else {
             return Ok(None);
         };
-        match parse(text.as_ref()) {
+        match parse(text.text_bytes()) {
             Ok(parsed) => Ok(Some(parsed)),
             Err(reason) => {
                 self.refuse(field, reason);
@@ -344,7 +391,13 @@ impl Validator {
 
     fn reason_text<S: Text>(&mut self, value: RawField<S>) -> Option<String> {
         let text = self.required("reason", value)?;
-        let length = text.as_ref().chars().count();
+        let Some(text) = text.into_string() else {
+            // Only a stored record's bytes can be other than UTF-8; its
+            // caller then asks the protobuf decoder, which refuses it.
+            self.refuse("reason", "is not UTF-8 text");
+            return None;
+        };
+        let length = text.chars().count();
         if length == 0 || length > MAXIMUM_REASON_CHARS {
             self.refuse(
                 "reason",
@@ -352,21 +405,23 @@ impl Validator {
             );
             return None;
         }
-        Some(text.into())
+        Some(text)
     }
 
-    fn event<S: Text>(mut self, mut raw: RawEvent<S>) -> Result<Event, Refusal> {
+    /// The event of `raw`, whose fields it takes. By reference: a raw event
+    /// is some 600 bytes, and moving it into each step cost a copy each.
+    fn event<S: Text>(mut self, raw: &mut RawEvent<S>) -> Result<Event, Refusal> {
         let source_errors = std::mem::take(&mut raw.source_errors);
 
         let event_id =
             self.required_parsed("event_id", std::mem::take(&mut raw.event_id), |text| {
-                EventId::parse(text)
+                EventId::parse_bytes(text)
             });
         let centre = self.required_parsed("centre", std::mem::take(&mut raw.centre), |text| {
-            Centre::parse(text)
+            Centre::parse_bytes(text)
         });
         let patient = self.required_parsed("patient", std::mem::take(&mut raw.patient), |text| {
-            Pseudonym::parse(text)
+            Pseudonym::parse_bytes(text)
         });
         let today = self.today;
         let occurred_on = self.required_parsed(
@@ -376,7 +431,7 @@ impl Validator {
         );
         let event_type =
             self.required_parsed("type", std::mem::take(&mut raw.event_type), |text| {
-                EventType::parse(text)
+                EventType::parse_bytes(text)
             });
 
         let body = match event_type {
@@ -418,26 +473,33 @@ impl Validator {
         }
     }
 
-    fn body<S: Text>(&mut self, event_type: EventType, raw: RawEvent<S>) -> Option<EventBody> {
+    fn body<S: Text>(&mut self, event_type: EventType, raw: &mut RawEvent<S>) -> Option<EventBody> {
         match event_type {
             EventType::PatientRegistered => self.patient_registered(raw),
             EventType::InjectionAdministered => self.injection_administered(raw),
             EventType::ResponseAssessed => self.response_assessed(raw),
             EventType::ResistanceTested => self.resistance_tested(raw),
             EventType::ReferralMade => {
-                let target = self.required_parsed("target", raw.target, ReferralTarget::parse)?;
+                let target = self.required_parsed(
+                    "target",
+                    std::mem::take(&mut raw.target),
+                    ReferralTarget::parse_bytes,
+                )?;
                 Some(EventBody::ReferralMade(ReferralMade { target }))
             }
             EventType::TreatmentDiscontinued => {
-                let reason = self.reason_text(raw.reason)?;
+                let reason = self.reason_text(std::mem::take(&mut raw.reason))?;
                 Some(EventBody::TreatmentDiscontinued(TreatmentDiscontinued {
                     reason,
                 }))
             }
             EventType::EventVoided => {
-                let target_event_id =
-                    self.required_parsed("target_event_id", raw.target_event_id, EventId::parse);
-                let reason = self.reason_text(raw.reason);
+                let target_event_id = self.required_parsed(
+                    "target_event_id",
+                    std::mem::take(&mut raw.target_event_id),
+                    EventId::parse_bytes,
+                );
+                let reason = self.reason_text(std::mem::take(&mut raw.reason));
                 Some(EventBody::EventVoided(EventVoided {
                     target_event_id: target_event_id?,
                     reason: reason?,
@@ -446,21 +508,21 @@ impl Validator {
         }
     }
 
-    fn patient_registered<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
+    fn patient_registered<S: Text>(&mut self, raw: &mut RawEvent<S>) -> Option<EventBody> {
         // Without a "today" (a stored event), the year bound is the one that
         // held when it was written: no upper bound is checked again.
         let latest_year = self.today.map_or(i64::MAX, |today| i64::from(today.year()));
         let birth_year = self
-            .optional("birth_year", raw.birth_year)
+            .optional("birth_year", std::mem::take(&mut raw.birth_year))
             .and_then(|year| match year {
                 Some(year) => self
                     .in_range("birth_year", year, EARLIEST_YEAR, latest_year)
                     .map(Some),
                 None => Ok(None),
             });
-        let sex = self.optional_parsed("sex", raw.sex, Sex::parse);
+        let sex = self.optional_parsed("sex", std::mem::take(&mut raw.sex), Sex::parse_bytes);
         let onset_year = self
-            .optional("onset_year", raw.onset_year)
+            .optional("onset_year", std::mem::take(&mut raw.onset_year))
             .and_then(|year| match year {
                 Some(year) => self
                     .in_range("onset_year", year, EARLIEST_YEAR, latest_year)
@@ -483,13 +545,21 @@ impl Validator {
         }))
     }
 
-    fn injection_administered<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
-        let product = self.required_parsed("product", raw.product, Product::parse);
+    fn injection_administered<S: Text>(&mut self, raw: &mut RawEvent<S>) -> Option<EventBody> {
+        let product = self.required_parsed(
+            "product",
+            std::mem::take(&mut raw.product),
+            Product::parse_bytes,
+        );
         let total_units = self
-            .required("total_units", raw.total_units)
+            .required("total_units", std::mem::take(&mut raw.total_units))
             .and_then(|units| self.units("total_units", units));
-        let guidance = self.required_parsed("guidance", raw.guidance, Guidance::parse);
-        let entries = self.required("muscles", raw.muscles);
+        let guidance = self.required_parsed(
+            "guidance",
+            std::mem::take(&mut raw.guidance),
+            Guidance::parse_bytes,
+        );
+        let entries = self.required("muscles", std::mem::take(&mut raw.muscles));
 
         let mut doses = Vec::with_capacity(entries.as_ref().map_or(0, Vec::len));
         let mut every_dose_readable = entries.is_some();
@@ -560,9 +630,12 @@ impl Validator {
     ) -> Option<MuscleDose> {
         let mut entry = self.required(MuscleField(index, ""), entry)?;
         self.reasons.append(&mut entry.source_errors);
-        let muscle =
-            self.required_parsed(MuscleField(index, "muscle"), entry.muscle, Muscle::parse);
-        let side = self.required_parsed(MuscleField(index, "side"), entry.side, Side::parse);
+        let muscle = self.required_parsed(
+            MuscleField(index, "muscle"),
+            entry.muscle,
+            Muscle::parse_bytes,
+        );
+        let side = self.required_parsed(MuscleField(index, "side"), entry.side, Side::parse_bytes);
         let units_field = MuscleField(index, "units");
         let units = self
             .required(units_field, entry.units)
@@ -574,14 +647,26 @@ impl Validator {
         })
     }
 
-    fn response_assessed<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
-        let injection_event_id =
-            self.required_parsed("injection_event_id", raw.injection_event_id, EventId::parse);
-        let rating = self.required_parsed("rating", raw.rating, crate::event::Rating::parse);
-        let percent_improvement =
-            self.optional_small("percent_improvement", raw.percent_improvement, 100);
-        let benefit_weeks = self.optional_small("benefit_weeks", raw.benefit_weeks, 52);
-        let twstrs_total = self.optional_small("twstrs_total", raw.twstrs_total, 87);
+    fn response_assessed<S: Text>(&mut self, raw: &mut RawEvent<S>) -> Option<EventBody> {
+        let injection_event_id = self.required_parsed(
+            "injection_event_id",
+            std::mem::take(&mut raw.injection_event_id),
+            EventId::parse_bytes,
+        );
+        let rating = self.required_parsed(
+            "rating",
+            std::mem::take(&mut raw.rating),
+            crate::event::Rating::parse_bytes,
+        );
+        let percent_improvement = self.optional_small(
+            "percent_improvement",
+            std::mem::take(&mut raw.percent_improvement),
+            100,
+        );
+        let benefit_weeks =
+            self.optional_small("benefit_weeks", std::mem::take(&mut raw.benefit_weeks), 52);
+        let twstrs_total =
+            self.optional_small("twstrs_total", std::mem::take(&mut raw.twstrs_total), 87);
         Some(EventBody::ResponseAssessed(ResponseAssessed {
             injection_event_id: injection_event_id?,
             rating: rating?,
@@ -591,10 +676,19 @@ impl Validator {
         }))
     }
 
-    fn resistance_tested<S: Text>(&mut self, raw: RawEvent<S>) -> Option<EventBody> {
-        let method = self.required_parsed("method", raw.method, ResistanceMethod::parse);
-        let result = self.required_parsed("result", raw.result, ResistanceResult::parse);
-        let titre = match self.optional("titre_mu_per_ml", raw.titre_mu_per_ml) {
+    fn resistance_tested<S: Text>(&mut self, raw: &mut RawEvent<S>) -> Option<EventBody> {
+        let method = self.required_parsed(
+            "method",
+            std::mem::take(&mut raw.method),
+            ResistanceMethod::parse_bytes,
+        );
+        let result = self.required_parsed(
+            "result",
+            std::mem::take(&mut raw.result),
+            ResistanceResult::parse_bytes,
+        );
+        let titre = match self.optional("titre_mu_per_ml", std::mem::take(&mut raw.titre_mu_per_ml))
+        {
             Ok(Some(titre)) if titre.is_finite() && titre >= 0.0 => {
                 // -0.0 and 0.0 are the same titre; keep one spelling so the
                 // canonical line (and its fingerprint) is unique.
@@ -622,8 +716,7 @@ impl Validator {
 /// from 1989-01-01 to today + 1 day, or with no upper bound for a stored
 /// event. Written out by hand because every replay reads one date per event
 /// and a general-purpose format parser costs more than the rest of the event.
-fn parse_date(text: &str, today: Option<ClinicalDate>) -> Result<ClinicalDate, String> {
-    let bytes = text.as_bytes();
+fn parse_date(bytes: &[u8], today: Option<ClinicalDate>) -> Result<ClinicalDate, String> {
     let number = |digits: &[u8]| {
         digits.iter().try_fold(0u16, |value, digit| {
             digit
@@ -647,7 +740,10 @@ fn parse_date(text: &str, today: Option<ClinicalDate>) -> Result<ClinicalDate, S
         None
     };
     let Some(date) = date else {
-        return Err(format!("'{text}' is not a date in YYYY-MM-DD form"));
+        return Err(format!(
+            "'{}' is not a date in YYYY-MM-DD form",
+            String::from_utf8_lossy(bytes)
+        ));
     };
     let latest = today.map(ClinicalDate::next_day);
     if date < EARLIEST || latest.is_some_and(|latest| date > latest) {

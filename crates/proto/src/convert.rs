@@ -364,8 +364,25 @@ mod direct {
 /// expect (an unknown or repeated field, another wire type) is decoded by
 /// prost instead, which has the full protobuf semantics; both end in the
 /// same validation.
+///
+/// The fast path hands the validator each string's bytes unchecked: every
+/// rule but `reason`'s admits ASCII only, so an event it accepts had UTF-8
+/// strings, and checking them first would read every byte twice. Whatever it
+/// refuses is decided again by [`decode_event_checked`], which checks UTF-8
+/// as protobuf does, so a refusal (and its reasons) is exactly that path's.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    match borrowed::raw_event(bytes) {
+    if let Some(raw) = borrowed::raw_event::<&[u8]>(bytes)
+        && let Ok(event) = validate_stored(raw)
+    {
+        return Ok(event);
+    }
+    decode_event_checked(bytes)
+}
+
+/// [`decode_event`] with every string checked to be UTF-8 before it is
+/// validated: a string that is not is refused by prost, as a protobuf error.
+fn decode_event_checked(bytes: &[u8]) -> Result<Event, DecodeError> {
+    match borrowed::raw_event::<&str>(bytes) {
         Some(raw) => Ok(validate_stored(raw)?),
         None => {
             let message = v1::Event::decode(bytes)?;
@@ -376,9 +393,35 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 /// The fast reader of stored records: a raw event whose strings borrow from
 /// the record, or `None` for anything but the plain encoding `encode_event`
-/// writes (then prost decides).
+/// writes (then prost decides). Its strings are either bytes (`&[u8]`, left
+/// for the validator to prove UTF-8) or `&str` (checked here, as prost
+/// does: a string that is not UTF-8 is then left to prost).
 mod borrowed {
     use domain::raw::{RawEvent, RawField, RawMuscle};
+
+    /// A string field of a record as the reader hands it on.
+    pub(super) trait FieldText<'a>: Sized + Default {
+        fn from_field(bytes: &'a [u8]) -> Option<Self>;
+        fn from_static(text: &'static str) -> Self;
+    }
+
+    impl<'a> FieldText<'a> for &'a [u8] {
+        fn from_field(bytes: &'a [u8]) -> Option<Self> {
+            Some(bytes)
+        }
+        fn from_static(text: &'static str) -> Self {
+            text.as_bytes()
+        }
+    }
+
+    impl<'a> FieldText<'a> for &'a str {
+        fn from_field(bytes: &'a [u8]) -> Option<Self> {
+            std::str::from_utf8(bytes).ok()
+        }
+        fn from_static(text: &'static str) -> Self {
+            text
+        }
+    }
 
     /// Protobuf wire types used by `toxaudit.v1.Event`.
     const VARINT: u8 = 0;
@@ -423,8 +466,18 @@ mod borrowed {
             Some(field)
         }
 
-        fn text(&mut self) -> Option<&'a str> {
-            std::str::from_utf8(self.length_delimited()?).ok()
+        fn text<T: FieldText<'a>>(&mut self) -> Option<T> {
+            T::from_field(self.length_delimited()?)
+        }
+
+        /// A proto3 string: empty means not given, as in `raw_from_proto`.
+        fn proto3_text<T: FieldText<'a>>(&mut self) -> Option<RawField<T>> {
+            let bytes = self.length_delimited()?;
+            if bytes.is_empty() {
+                Some(RawField::Absent)
+            } else {
+                T::from_field(bytes).map(RawField::Present)
+            }
         }
 
         fn fixed64(&mut self) -> Option<u64> {
@@ -443,16 +496,7 @@ mod borrowed {
         Some(())
     }
 
-    /// A proto3 string: empty means not given, as in `raw_from_proto`.
-    fn text(value: &str) -> RawField<&str> {
-        if value.is_empty() {
-            RawField::Absent
-        } else {
-            RawField::Present(value)
-        }
-    }
-
-    pub(super) fn raw_event(bytes: &[u8]) -> Option<RawEvent<&str>> {
+    pub(super) fn raw_event<'a, T: FieldText<'a>>(bytes: &'a [u8]) -> Option<RawEvent<T>> {
         let mut reader = Reader { bytes };
         let mut raw = RawEvent::default();
         let mut has_body = false;
@@ -461,10 +505,10 @@ mod borrowed {
                 return None;
             }
             match field {
-                1 => once(&mut raw.event_id, text(reader.text()?))?,
-                2 => once(&mut raw.centre, text(reader.text()?))?,
-                3 => once(&mut raw.patient, text(reader.text()?))?,
-                4 => once(&mut raw.occurred_on, text(reader.text()?))?,
+                1 => once(&mut raw.event_id, reader.proto3_text()?)?,
+                2 => once(&mut raw.centre, reader.proto3_text()?)?,
+                3 => once(&mut raw.patient, reader.proto3_text()?)?,
+                4 => once(&mut raw.occurred_on, reader.proto3_text()?)?,
                 10..=16 if !has_body => {
                     has_body = true;
                     body(field, reader.length_delimited()?, &mut raw)?;
@@ -475,7 +519,11 @@ mod borrowed {
         Some(raw)
     }
 
-    fn body<'a>(field: u64, bytes: &'a [u8], raw: &mut RawEvent<&'a str>) -> Option<()> {
+    fn body<'a, T: FieldText<'a>>(
+        field: u64,
+        bytes: &'a [u8],
+        raw: &mut RawEvent<T>,
+    ) -> Option<()> {
         let event_type = match field {
             10 => "patient_registered",
             11 => "injection_administered",
@@ -485,7 +533,7 @@ mod borrowed {
             15 => "treatment_discontinued",
             _ => "event_voided",
         };
-        raw.event_type = RawField::Present(event_type);
+        raw.event_type = RawField::Present(T::from_static(event_type));
         if field == 11 {
             // proto3 scalars that are not `optional` read as zero when left
             // out, and the muscles as an empty list, as prost reads them.
@@ -509,11 +557,11 @@ mod borrowed {
                     &mut raw.onset_year,
                     RawField::Present(i64::from(reader.varint()? as i32)),
                 )?,
-                (11, 1, LENGTH_DELIMITED) => once(&mut raw.product, text(reader.text()?))?,
+                (11, 1, LENGTH_DELIMITED) => once(&mut raw.product, reader.proto3_text()?)?,
                 (11, 2, VARINT) => {
                     raw.total_units = RawField::Present(i64::from(reader.varint()? as u32));
                 }
-                (11, 3, LENGTH_DELIMITED) => once(&mut raw.guidance, text(reader.text()?))?,
+                (11, 3, LENGTH_DELIMITED) => once(&mut raw.guidance, reader.proto3_text()?)?,
                 (11, 4, LENGTH_DELIMITED) => {
                     let dose = muscle(reader.length_delimited()?)?;
                     if let RawField::Present(muscles) = &mut raw.muscles {
@@ -521,9 +569,9 @@ mod borrowed {
                     }
                 }
                 (12, 1, LENGTH_DELIMITED) => {
-                    once(&mut raw.injection_event_id, text(reader.text()?))?
+                    once(&mut raw.injection_event_id, reader.proto3_text()?)?
                 }
-                (12, 2, LENGTH_DELIMITED) => once(&mut raw.rating, text(reader.text()?))?,
+                (12, 2, LENGTH_DELIMITED) => once(&mut raw.rating, reader.proto3_text()?)?,
                 (12, 3, VARINT) => once(
                     &mut raw.percent_improvement,
                     RawField::Present(i64::from(reader.varint()? as u32)),
@@ -536,23 +584,23 @@ mod borrowed {
                     &mut raw.twstrs_total,
                     RawField::Present(i64::from(reader.varint()? as u32)),
                 )?,
-                (13, 1, LENGTH_DELIMITED) => once(&mut raw.method, text(reader.text()?))?,
-                (13, 2, LENGTH_DELIMITED) => once(&mut raw.result, text(reader.text()?))?,
+                (13, 1, LENGTH_DELIMITED) => once(&mut raw.method, reader.proto3_text()?)?,
+                (13, 2, LENGTH_DELIMITED) => once(&mut raw.result, reader.proto3_text()?)?,
                 (13, 3, FIXED64) => once(
                     &mut raw.titre_mu_per_ml,
                     RawField::Present(f64::from_bits(reader.fixed64()?)),
                 )?,
-                (14, 1, LENGTH_DELIMITED) => once(&mut raw.target, text(reader.text()?))?,
-                (15, 1, LENGTH_DELIMITED) => once(&mut raw.reason, text(reader.text()?))?,
-                (16, 1, LENGTH_DELIMITED) => once(&mut raw.target_event_id, text(reader.text()?))?,
-                (16, 2, LENGTH_DELIMITED) => once(&mut raw.reason, text(reader.text()?))?,
+                (14, 1, LENGTH_DELIMITED) => once(&mut raw.target, reader.proto3_text()?)?,
+                (15, 1, LENGTH_DELIMITED) => once(&mut raw.reason, reader.proto3_text()?)?,
+                (16, 1, LENGTH_DELIMITED) => once(&mut raw.target_event_id, reader.proto3_text()?)?,
+                (16, 2, LENGTH_DELIMITED) => once(&mut raw.reason, reader.proto3_text()?)?,
                 _ => return None,
             }
         }
         Some(())
     }
 
-    fn muscle(bytes: &[u8]) -> Option<RawMuscle<&str>> {
+    fn muscle<'a, T: FieldText<'a>>(bytes: &'a [u8]) -> Option<RawMuscle<T>> {
         let mut reader = Reader { bytes };
         let mut dose = RawMuscle {
             units: RawField::Present(0),
@@ -561,8 +609,8 @@ mod borrowed {
         let mut units_seen = false;
         while let Some((number, wire)) = reader.key()? {
             match (number, wire) {
-                (1, LENGTH_DELIMITED) => once(&mut dose.muscle, text(reader.text()?))?,
-                (2, LENGTH_DELIMITED) => once(&mut dose.side, text(reader.text()?))?,
+                (1, LENGTH_DELIMITED) => once(&mut dose.muscle, reader.proto3_text()?)?,
+                (2, LENGTH_DELIMITED) => once(&mut dose.side, reader.proto3_text()?)?,
                 (3, VARINT) if !units_seen => {
                     units_seen = true;
                     dose.units = RawField::Present(i64::from(reader.varint()? as u32));
@@ -774,7 +822,7 @@ mod tests {
         let mut bytes = encode_event(&event).to_vec();
         // An unknown field 99 (varint 5), which prost skips.
         bytes.extend_from_slice(&[0x98, 0x06, 0x05]);
-        assert!(borrowed::raw_event(&bytes).is_none());
+        assert!(borrowed::raw_event::<&[u8]>(&bytes).is_none());
         assert_eq!(decode_event(&bytes).unwrap(), event);
         // event_id twice: proto3 keeps the last.
         let mut bytes = encode_event(&event).to_vec();
@@ -782,7 +830,82 @@ mod tests {
         assert_eq!(decode_event(&bytes).unwrap().event_id.as_str(), "e-9");
     }
 
+    /// A decoding's outcome, errors as their messages (with their kind).
+    fn outcome(result: Result<Event, DecodeError>) -> Result<Event, String> {
+        result.map_err(|error| match error {
+            DecodeError::Invalid(refusal) => format!("invalid: {refusal}"),
+            DecodeError::Protobuf(error) => format!("protobuf: {error}"),
+        })
+    }
+
+    /// Every string field of `event`'s record in turn with a byte that is
+    /// not UTF-8: prost refuses such a record, and so must the fast path,
+    /// for the same reason, although it reads strings as bytes.
+    #[test]
+    fn a_string_that_is_not_utf8_is_a_protobuf_error_in_every_field() {
+        let lines = [
+            INJECTION,
+            r#"{"event_id":"e-0005","centre":"leeds","patient":"L-0001","occurred_on":"2017-02-01","type":"event_voided","target_event_id":"e-0001","reason":"entered twice"}"#,
+            r#"{"event_id":"e-0006","centre":"leeds","patient":"L-0001","occurred_on":"2017-02-01","type":"patient_registered","sex":"female","birth_year":1950}"#,
+        ];
+        for line in &lines {
+            let event = domain::ndjson::parse_line(line, today()).unwrap();
+            let record = encode_event(&event).to_vec();
+            let mut damaged_somewhere = 0;
+            for at in 0..record.len() {
+                let mut bytes = record.clone();
+                bytes[at] = 0xff;
+                let fast = outcome(decode_event(&bytes));
+                assert_eq!(
+                    fast,
+                    outcome(decode_event_checked(&bytes)),
+                    "{line} at {at}"
+                );
+                if fast.as_ref().is_err_and(|error| error.contains("UTF-8")) {
+                    damaged_somewhere += 1;
+                }
+            }
+            // Every byte of every string but the fixed-width date's, at
+            // least: the test would prove nothing if none were reached.
+            assert!(damaged_somewhere > 20, "{line}: {damaged_somewhere}");
+        }
+    }
+
     proptest::proptest! {
+        /// The fast path (strings as bytes, validated once) decides exactly
+        /// as the checked path, which reads strings as protobuf does:
+        /// the same events accepted, the same refused for the same reasons.
+        #[test]
+        fn the_fast_path_decides_as_the_checked_path(
+            line in 0..5usize,
+            cut in 0..300usize,
+            flips in proptest::collection::vec((0..300usize, proptest::prelude::any::<u8>()), 0..4),
+            arbitrary in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let lines = [
+                INJECTION.to_owned(),
+                r#"{"event_id":"e-3","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"response_assessed","injection_event_id":"e-2","rating":"good","percent_improvement":60}"#.to_owned(),
+                r#"{"event_id":"e-4","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"resistance_tested","method":"mhda","result":"positive","titre_mu_per_ml":1.5}"#.to_owned(),
+                r#"{"event_id":"e-5","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"event_voided","target_event_id":"e-2","reason":"entered twice, é"}"#.to_owned(),
+                r#"{"event_id":"e-6","centre":"leeds","patient":"L-1","occurred_on":"2017-03-10","type":"patient_registered","birth_year":1950,"sex":"male","onset_year":1990}"#.to_owned(),
+            ];
+            let event = domain::ndjson::parse_line(&lines[line], today()).unwrap();
+            let mut bytes = encode_event(&event).to_vec();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            proptest::prop_assert_eq!(
+                outcome(decode_event(&bytes)),
+                outcome(decode_event_checked(&bytes))
+            );
+            proptest::prop_assert_eq!(
+                outcome(decode_event(&arbitrary)),
+                outcome(decode_event_checked(&arbitrary))
+            );
+        }
+
         #[test]
         fn the_fast_reader_agrees_with_prost_on_damaged_records(
             line in 0..3usize,
