@@ -145,6 +145,31 @@ const BODY_FIELDS: [(&str, &[EventType]); 18] = [
     ("target_event_id", &[EventType::EventVoided]),
 ];
 
+/// For each event type (by its place in [`EventType::ALL`]), the body fields
+/// that belong to it, one bit per entry of `BODY_FIELDS`: a valid event
+/// gives none other, which one mask operation tells (see
+/// [`RawEvent::body_fields_given_mask`]).
+const OWN_BODY_FIELDS: [u32; 7] = {
+    let mut masks = [0u32; 7];
+    let mut kind = 0;
+    while kind < EventType::ALL.len() {
+        let mut field = 0;
+        while field < BODY_FIELDS.len() {
+            let owners = BODY_FIELDS[field].1;
+            let mut owner = 0;
+            while owner < owners.len() {
+                if owners[owner] as usize == EventType::ALL[kind] as usize {
+                    masks[kind] |= 1 << field;
+                }
+                owner += 1;
+            }
+            field += 1;
+        }
+        kind += 1;
+    }
+    masks
+};
+
 /// True when `name` is the name of a body field of some event type.
 pub fn is_body_field(name: &str) -> bool {
     BODY_FIELDS.iter().any(|(field, _)| *field == name)
@@ -174,6 +199,15 @@ impl<S> RawEvent<S> {
             self.reason.is_given(),
             self.target_event_id.is_given(),
         ]
+    }
+
+    /// [`Self::body_fields_given`] as a mask, bit `i` for entry `i`.
+    fn body_fields_given_mask(&self) -> u32 {
+        let mut mask = 0;
+        for (index, given) in self.body_fields_given().into_iter().enumerate() {
+            mask |= u32::from(given) << index;
+        }
+        mask
     }
 }
 
@@ -435,6 +469,11 @@ impl Validator {
             });
 
         let body = match event_type {
+            Some(event_type)
+                if raw.body_fields_given_mask() & !OWN_BODY_FIELDS[event_type as usize] == 0 =>
+            {
+                self.body(event_type, raw)
+            }
             Some(event_type) => {
                 for ((field, owners), given) in BODY_FIELDS.iter().zip(raw.body_fields_given()) {
                     if given && !owners.contains(&event_type) {
@@ -778,6 +817,19 @@ mod tests {
             occurred_on: RawField::Present("2020-01-01".into()),
             event_type: RawField::Present(event_type.into()),
             ..RawEvent::default()
+        }
+    }
+
+    #[test]
+    fn the_masks_of_own_body_fields_are_the_table_of_owners() {
+        for event_type in EventType::ALL {
+            for (index, (field, owners)) in BODY_FIELDS.iter().enumerate() {
+                assert_eq!(
+                    OWN_BODY_FIELDS[*event_type as usize] & (1 << index) != 0,
+                    owners.contains(event_type),
+                    "{event_type} {field}"
+                );
+            }
         }
     }
 
