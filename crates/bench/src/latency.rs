@@ -1,8 +1,15 @@
 //! Phase 4: end-to-end latency at a steady offered load. Events are sent
 //! open-loop (a tokio interval fires every `events_per_append / rate` s and
 //! each tick starts one `Ingest.Append` without waiting for earlier ones),
-//! and a
-//! `WatchReport` stream is read at the same time. An event's latency is from
+//! and a `WatchReport` stream is read at the same time.
+//!
+//! One exception keeps the client honest: a patient's events depend on each
+//! other (no injection before the registration), and two appends in flight
+//! at once may reach ingest in either order, which ingest then rightly
+//! refuses. So an append carrying a patient of an earlier append that is
+//! not answered yet is held until that one is answered, as a clinic's
+//! client would; the other appends keep their ticks. How many were held
+//! and for how long is reported (`held_back`, `hold`). An event's latency is from
 //! its append being acked (the client has the answer) to the first report
 //! on the stream whose `as_of_position` covers the event's position.
 //!
@@ -18,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use domain::Event;
+use domain::{Event, PatientKey};
 use eventlog::EventLog;
 use proto::v1::GetReportRequest;
 use service_kit::DerivedBus;
@@ -41,6 +48,11 @@ pub struct LatencyFigures {
     pub seconds: f64,
     pub sent: usize,
     pub refused: usize,
+    /// Appends held past their tick until an earlier append of one of their
+    /// patients was answered.
+    pub held_back: usize,
+    /// Tick → send of the appends held back (none when nothing was held).
+    pub hold: Option<Percentiles>,
     /// Ack → visible on `WatchReport`.
     pub watch: Percentiles,
     /// Ack → folded into reporting's projection.
@@ -54,6 +66,29 @@ pub struct LatencyFigures {
     /// (counted as 0 ms).
     pub visible_before_ack: usize,
     pub reports_received: usize,
+}
+
+/// For each append (its events' patients, in send order), the earlier
+/// appends it must wait for: for each of its patients, the last earlier
+/// append that carried that patient (each at most once, ascending).
+fn predecessors(patients_per_append: &[Vec<PatientKey>]) -> Vec<Vec<usize>> {
+    let mut last_append_of = std::collections::HashMap::new();
+    patients_per_append
+        .iter()
+        .enumerate()
+        .map(|(index, patients)| {
+            let mut earlier: Vec<usize> = patients
+                .iter()
+                .filter_map(|patient| last_append_of.get(patient).copied())
+                .collect();
+            earlier.sort_unstable();
+            earlier.dedup();
+            for patient in patients {
+                last_append_of.insert(patient.clone(), index);
+            }
+            earlier
+        })
+        .collect()
 }
 
 /// For each (position, acked at), the time until the first of `seen`
@@ -172,23 +207,48 @@ pub async fn run(
         .take(total)
         .map(proto::v1::Event::from)
         .collect();
-    for chunk in messages.chunks(events_per_append) {
+    let patients_per_append: Vec<Vec<PatientKey>> = events[..total]
+        .chunks(events_per_append)
+        .map(|chunk| chunk.iter().map(Event::patient_key).collect())
+        .collect();
+    let waits_per_append = predecessors(&patients_per_append);
+    // Each append's "answered" flag, for the later appends that wait on it.
+    let mut answered_flags: Vec<watch::Receiver<bool>> = Vec::with_capacity(total);
+    for (chunk, waits) in messages.chunks(events_per_append).zip(waits_per_append) {
         ticker.tick().await;
+        let due_at = Instant::now();
         let client = client.clone();
         let batch = chunk.to_vec();
+        let mut earlier: Vec<watch::Receiver<bool>> = waits
+            .iter()
+            .filter_map(|index| answered_flags.get(*index).cloned())
+            .collect();
+        let (answered, answered_flag) = watch::channel(false);
+        answered_flags.push(answered_flag);
         in_flight.push(tokio::spawn(async move {
+            let held = earlier.iter().any(|flag| !*flag.borrow());
+            for flag in &mut earlier {
+                // An error means that append's task is gone: not in flight either.
+                let _ = flag.wait_for(|answered| *answered).await;
+            }
             let sent_at = Instant::now();
             let outcome = client.append(batch).await;
-            (sent_at, Instant::now(), outcome)
+            let acked_at = Instant::now();
+            answered.send_replace(true);
+            let hold = held.then(|| sent_at - due_at);
+            (hold, sent_at, acked_at, outcome)
         }));
     }
     let offered_seconds = started.elapsed().as_secs_f64();
     let mut acks = Vec::with_capacity(total);
     let mut append_times = Vec::with_capacity(total);
     let mut refused = 0;
+    let mut holds = Vec::new();
     let answered = async {
         for task in in_flight {
-            let (sent_at, acked_at, outcome) = task.await.context("an append task panicked")?;
+            let (hold, sent_at, acked_at, outcome) =
+                task.await.context("an append task panicked")?;
+            holds.extend(hold);
             match outcome {
                 Ok(response) => {
                     append_times.push(acked_at - sent_at);
@@ -250,6 +310,8 @@ pub async fn run(
         seconds: offered_seconds,
         sent: total,
         refused,
+        held_back: holds.len(),
+        hold: measure::percentiles(holds),
         watch: measure::percentiles(watch_delays).ok_or_else(none)?,
         folded: measure::percentiles(fold_delays).ok_or_else(none)?,
         append: measure::percentiles(append_times).ok_or_else(none)?,
@@ -280,5 +342,27 @@ mod tests {
         );
         assert_eq!(early, 1);
         assert!(delays(&[(9, at(0))], &seen).is_err());
+    }
+
+    #[test]
+    fn an_append_waits_for_the_last_earlier_append_of_each_of_its_patients() {
+        let patient = |name: &str| {
+            PatientKey::new(
+                domain::Centre::parse("leeds").unwrap(),
+                domain::Pseudonym::parse(name).unwrap(),
+            )
+        };
+        let (a, b, c) = (patient("A"), patient("B"), patient("C"));
+        let appends = [
+            vec![a.clone(), b.clone()],
+            vec![c.clone()],
+            vec![a.clone(), a.clone(), c.clone()],
+            vec![b.clone(), a.clone()],
+            vec![patient("D")],
+        ];
+        assert_eq!(
+            predecessors(&appends),
+            vec![vec![], vec![], vec![0, 1], vec![0, 2], vec![]]
+        );
     }
 }

@@ -500,6 +500,12 @@ fn latency_line(
     target_ms: f64,
 ) -> Line {
     let p99 = figures.watch.p99_ms;
+    let hold = figures.hold.map_or_else(String::new, |hold| {
+        format!(
+            " (hold p50 {:.1} ms, max {:.1} ms)",
+            hold.p50_ms, hold.max_ms
+        )
+    });
     Line::new(
         id,
         &format!("ack -> WatchReport p99, {backend}"),
@@ -510,12 +516,14 @@ fn latency_line(
     .baseline("ack -> folded p99", figures.folded.p99_ms)
     .target(&format!("p99 < {target_ms:.0} ms"), p99 < target_ms)
     .note(format!(
-        "{} events/s offered open-loop in appends of {} for {:.1} s, {} sent, {} refused; WatchReport p50 {:.1} ms, max {:.1} ms; folded p50 {:.1} ms, max {:.1} ms; append send->ack p50 {:.1} ms, p99 {:.1} ms; {} reports pushed, {} events visible before their ack arrived",
+        "{} events/s offered open-loop in appends of {} for {:.1} s, {} sent, {} refused, {} appends held until an earlier append of one of their patients was answered{}; WatchReport p50 {:.1} ms, max {:.1} ms; folded p50 {:.1} ms, max {:.1} ms; append send->ack p50 {:.1} ms, p99 {:.1} ms; {} reports pushed, {} events visible before their ack arrived",
         figures.offered_events_per_second,
         figures.events_per_append,
         figures.seconds,
         figures.sent,
         figures.refused,
+        figures.held_back,
+        hold,
         figures.watch.p50_ms,
         figures.watch.max_ms,
         figures.folded.p50_ms,
