@@ -279,7 +279,8 @@ async fn derived_events(nats: &str) -> anyhow::Result<Vec<PatientAssessed>> {
 }
 
 /// The derived events a clean assessment run publishes for `lines`: the
-/// same rule (publish when a patient's assessment changes), computed here.
+/// same rule (publish the summary when a patient's whole assessment, its
+/// detail included, changes; ADR 0011), computed here.
 fn expected_derived_events(stored: &[domain::RecordedEvent]) -> Vec<PatientAssessed> {
     let mut cohort = domain::audit::Cohort::new(domain::audit::RuleParameters::default());
     let mut last = std::collections::HashMap::new();
@@ -293,13 +294,10 @@ fn expected_derived_events(stored: &[domain::RecordedEvent]) -> Vec<PatientAsses
         if !view.registered {
             continue;
         }
-        let current = assessment::patient_assessed(&view, 0);
+        let current = assessment::patient_assessed_in_detail(&view, 0);
         if last.get(&key) != Some(&current) {
-            last.insert(key, current.clone());
-            expected.push(PatientAssessed {
-                source_position: recorded.position,
-                ..current
-            });
+            last.insert(key, current);
+            expected.push(assessment::patient_assessed(&view, recorded.position));
         }
     }
     expected
