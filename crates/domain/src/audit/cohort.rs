@@ -556,6 +556,65 @@ mod tests {
         }
     }
 
+    /// A line of the interchange format for one event of (centre 0,
+    /// patient 0), with `body` after the envelope.
+    fn line_event(position: u64, id: &str, body: &str) -> RecordedEvent {
+        let line = format!(
+            r#"{{"event_id":"{id}","centre":"{}","patient":"{}","occurred_on":"2017-03-{:02}",{body}}}"#,
+            CENTRES[0],
+            PATIENTS[0],
+            1 + position % 28,
+        );
+        let today = ClinicalDate::from_ymd(2026, 1, 1).unwrap();
+        RecordedEvent {
+            position,
+            recorded_at_micros: 0,
+            recorded_by: String::new(),
+            event: ndjson::parse_line(&line, today).unwrap(),
+        }
+    }
+
+    /// A snapshot keeps the state it was taken of while the cohort folds on
+    /// (new events, and a void that flags an event the snapshot holds): the
+    /// logs it shares are copied before they change, never changed under it.
+    #[test]
+    fn a_snapshot_is_not_changed_by_what_the_cohort_folds_after_it() {
+        let injection = r#""type":"injection_administered","product":"onabotulinumtoxinA","total_units":100,"guidance":"emg","muscles":[{"muscle":"splenius_capitis","side":"left","units":100}]"#;
+        let mut cohort = Cohort::new(RuleParameters::default());
+        cohort.apply(&line_event(1, "r-1", r#""type":"patient_registered""#));
+        for position in 2..6 {
+            cohort.apply(&line_event(position, &format!("i-{position}"), injection));
+        }
+        let snapshot = cohort.snapshot();
+        let before = serde_json::to_value(&snapshot).unwrap();
+        let later = [
+            line_event(6, "i-6", injection),
+            line_event(
+                7,
+                "v-7",
+                r#""type":"event_voided","target_event_id":"i-3","reason":"typed twice""#,
+            ),
+            line_event(
+                8,
+                "a-8",
+                r#""type":"response_assessed","injection_event_id":"i-5","rating":"good""#,
+            ),
+        ];
+        for event in &later {
+            cohort.apply(event);
+        }
+        assert_eq!(serde_json::to_value(&snapshot).unwrap(), before);
+        let mut restored = Cohort::from_snapshot(snapshot, &RuleParameters::default()).unwrap();
+        for event in &later {
+            restored.apply(event);
+        }
+        assert_eq!(restored.report(), cohort.report());
+        assert_eq!(
+            serde_json::to_value(restored.snapshot()).unwrap(),
+            serde_json::to_value(cohort.snapshot()).unwrap()
+        );
+    }
+
     /// Patients whose names hash alike (here: every one to the same hash)
     /// still get, and are found in, their own slots.
     #[test]
