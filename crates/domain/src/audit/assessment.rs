@@ -324,7 +324,19 @@ pub(crate) fn view_of(
     log: &PatientLog,
     parameters: &RuleParameters,
 ) -> PatientAssessment {
-    let analysis = analyse(log, parameters);
+    view_of_analysis(key, log.registered, &analyse(log, parameters), parameters)
+}
+
+/// The view of a patient whose log `analysis` was made of (see
+/// [`view_of`]); `registered` is that log's. It reads nothing else, so two
+/// equal analyses (with the same key, registration and parameters) give
+/// equal views.
+pub(crate) fn view_of_analysis(
+    key: &PatientKey,
+    registered: bool,
+    analysis: &Analysis,
+    parameters: &RuleParameters,
+) -> PatientAssessment {
     let onset = analysis.snr.as_ref().map(|snr| snr.onset);
     let cycles = analysis
         .cycles
@@ -367,15 +379,15 @@ pub(crate) fn view_of(
         resistance_confirmed_on: snr.first_positive_test_day.map(date_of),
         management_changed_on: snr.management_change_day.map(date_of),
     });
-    let standards = if log.registered {
-        findings(&analysis, snr.as_ref(), parameters)
+    let standards = if registered {
+        findings(analysis, snr.as_ref(), parameters)
     } else {
         Vec::new()
     };
     PatientAssessment {
         centre: key.centre.clone(),
         patient: key.patient.clone(),
-        registered: log.registered,
+        registered,
         rule_set: RULE_SET.to_owned(),
         parameters: *parameters,
         cycles,

@@ -21,14 +21,14 @@
 //!
 //! Voids, resistance tests, referrals and discontinuations can change the
 //! SNR findings or not depending on dates and the rest of the history: for
-//! those (a few per SNR patient) the patient is assessed before and after
-//! and the two assessments compared.
+//! those (a few per SNR patient) the patient's log is analysed before and
+//! after and the two analyses compared, which tells exactly whether the
+//! assessments differ without building them (see `judged_by_analyses`).
 
 use crate::{
     audit::{
-        Cohort, PatientAssessment,
-        assessment::view_of,
-        engine::{Detail, PatientLog},
+        Cohort,
+        engine::{Analysis, Detail, PatientLog, analyse},
     },
     event::{EventBody, Rating, RecordedEvent},
 };
@@ -120,18 +120,45 @@ fn judged_by_decoding(log: &PatientLog) -> AssessmentChange {
     }
 }
 
+/// For an event the compact log cannot judge, of a patient registered
+/// before and after it: did the assessment change, given the analyses of
+/// the log before and after? The view (`assessment::view_of_analysis`) is a function
+/// of the analysis, and the analysis one of the view: with the key, the
+/// registration and the parameters the same on both sides,
+///
+/// - each cycle's facts are shown as they are (a day as its date, the
+///   muscle set as its pairs: both one to one for the values a log holds,
+///   which `PatientLog::check_restored` also demands of a restored one),
+///   and the onset's index by which cycle is flagged the onset;
+/// - of the SNR facts, the group, the good cycles before onset and every
+///   date are shown; the regained cycle (and whether with adjustment) and
+///   the first BoNT-B cycle follow from the cycles and the onset; the BNN-1
+///   numerator from those and the DBS referral's date; the BNN-3 numerator
+///   is "the first post-onset test is on or before the first BoNT-B
+///   cycle", both dates shown; the interval pairs follow from the cycles.
+///
+/// So two analyses are equal exactly when their views are, and comparing
+/// them answers what comparing the views answers without building either
+/// (building them was ~half of `Cohort::apply_with` in the assessment
+/// service). `tests/it/change.rs` checks the verdict against comparing
+/// whole assessments for every event of generated logs.
+fn judged_by_analyses(before: &Analysis, after: &Analysis) -> AssessmentChange {
+    if before == after {
+        AssessmentChange::Unchanged
+    } else {
+        AssessmentChange::Changed
+    }
+}
+
 /// Applies `recorded` to `cohort` and tells what it did to the patient's
-/// assessment ([`PatientAssessment`], all of it: "unchanged" means equal).
+/// assessment ([`crate::audit::PatientAssessment`], all of it: "unchanged" means equal).
 /// The patient is looked up once, and their log judged before and after.
 pub fn apply_and_compare(cohort: &mut Cohort, recorded: &RecordedEvent) -> AssessmentChange {
     let event = &recorded.event;
     cohort.apply_with(recorded, |log, parameters| {
         let (registered_before, length_before) = (log.registered, log.len());
-        let before = (registered_before && needs_assessing(&event.body)).then(|| {
-            let key = event.patient_key();
-            let assessment = view_of(&key, log, parameters);
-            (key, assessment)
-        });
+        let before =
+            (registered_before && needs_assessing(&event.body)).then(|| analyse(log, parameters));
         let changed = log.apply(recorded);
         let verdict = if !log.registered {
             AssessmentChange::NotRegistered
@@ -139,14 +166,7 @@ pub fn apply_and_compare(cohort: &mut Cohort, recorded: &RecordedEvent) -> Asses
             AssessmentChange::Changed
         } else {
             match before {
-                Some((key, before)) => {
-                    let after: PatientAssessment = view_of(&key, log, parameters);
-                    if after == before {
-                        AssessmentChange::Unchanged
-                    } else {
-                        AssessmentChange::Changed
-                    }
-                }
+                Some(before) => judged_by_analyses(&before, &analyse(log, parameters)),
                 None => judged_from_log(&event.body, log, length_before),
             }
         };

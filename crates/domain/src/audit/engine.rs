@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::{RuleParameters, SnrGroup},
+    date::ClinicalDate,
     event::{
         EventBody, Guidance, Muscle, Product, Rating, RecordedEvent, ReferralTarget,
         ResistanceResult, Serotype, Side,
@@ -481,9 +482,31 @@ impl PatientLog {
     }
 
     /// Checks what a restored log must hold for the rules to read it: every
-    /// event decodes, and a response names an earlier event of this log.
+    /// event decodes, a response names an earlier event of this log, every
+    /// day is a calendar date and every injection's muscles are known ones
+    /// (so its view shows each of its facts one to one, which
+    /// `audit::change` relies on: see `judged_by_analyses`).
     pub fn check_restored(&self) -> Result<(), String> {
-        self.decode_into(&mut Vec::with_capacity(self.len()))
+        let mut events = Vec::with_capacity(self.len());
+        self.decode_into(&mut events)?;
+        let known_muscles = Muscle::ALL
+            .iter()
+            .flat_map(|muscle| Side::ALL.iter().map(|side| muscle_bit(*muscle, *side)))
+            .fold(0, |set, bit| set | bit);
+        for (index, event) in events.iter().enumerate() {
+            // Years 1 to 9999 first, so the conversion cannot overflow.
+            if !(-719_162..=2_932_896).contains(&event.day)
+                || ClinicalDate::from_days_since_epoch(event.day).is_none()
+            {
+                return Err(format!("event {index} has no calendar date"));
+            }
+            if let Detail::Injection { muscles, .. } = event.detail
+                && muscles & !known_muscles != 0
+            {
+                return Err(format!("event {index} names a muscle that does not exist"));
+            }
+        }
+        Ok(())
     }
 
     /// For a log whose last stored event is a live response: whether it
@@ -639,7 +662,7 @@ fn decode_one(
 }
 
 /// One live cycle, in clinical order, with what the rules found about it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CycleFacts {
     pub position: u64,
     pub day: i32,
@@ -660,7 +683,7 @@ impl CycleFacts {
 }
 
 /// What the rules found after a patient's SNR onset.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SnrFacts {
     /// Index of the onset cycle O in [`Analysis::cycles`].
     pub onset: usize,
@@ -698,7 +721,7 @@ impl SnrFacts {
 }
 
 /// Everything the rules say about one patient.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Analysis {
     pub registered: bool,
     /// Live cycles in clinical order: (occurred_on, position).
@@ -1262,5 +1285,49 @@ mod tests {
         let mut wrong_last_day = log;
         wrong_last_day.last_day += 1;
         assert!(wrong_last_day.check_restored().is_err());
+    }
+
+    /// A stored log of one event of `kind` on `day`, as a snapshot holds
+    /// it; `fields_after` are its fields after day and position.
+    fn stored_log(day: i32, kind: Kind, fields_after: &[u64]) -> PatientLog {
+        let mut fields = Vec::new();
+        put_varint(&mut fields, zigzag(i64::from(day)));
+        put_varint(&mut fields, zigzag(7));
+        for field in fields_after {
+            put_varint(&mut fields, *field);
+        }
+        let stored = serde_json::json!({
+            "registered": true,
+            "words": [id_hash(&EventId::parse("e-1").unwrap()) | kind as u64],
+            "fields": fields,
+            "last_day": day,
+            "last_position": 7,
+        });
+        serde_json::from_value(stored).unwrap()
+    }
+
+    /// What decodes but no event could have stored: a day that is no
+    /// calendar date, a muscle set with bits no (muscle, side) has.
+    #[test]
+    fn a_restored_log_of_impossible_values_is_refused() {
+        let codes = u64::from(code_of(Product::ALL, Product::OnabotulinumtoxinA));
+        let one_muscle = u64::from(muscle_bit(Muscle::Platysma, Side::Right));
+        let fine = stored_log(17_000, Kind::Injection, &[codes, 100, one_muscle]);
+        assert!(fine.check_restored().is_ok());
+        assert_eq!(fine.decode().len(), 1);
+        let unknown_muscle = stored_log(17_000, Kind::Injection, &[codes, 100, 1 << 31]);
+        assert!(unknown_muscle.check_restored().is_err());
+        for day in [i32::MAX, i32::MIN, 3_000_000, -800_000] {
+            assert!(
+                stored_log(day, Kind::Discontinued, &[])
+                    .check_restored()
+                    .is_err()
+            );
+        }
+        assert!(
+            stored_log(0, Kind::Discontinued, &[])
+                .check_restored()
+                .is_ok()
+        );
     }
 }
