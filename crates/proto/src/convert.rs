@@ -563,9 +563,19 @@ mod borrowed {
                 }
                 (11, 3, LENGTH_DELIMITED) => once(&mut raw.guidance, reader.proto3_text()?)?,
                 (11, 4, LENGTH_DELIMITED) => {
-                    let dose = muscle(reader.length_delimited()?)?;
+                    let bytes = reader.length_delimited()?;
+                    // `muscles` is present from the body's start (above).
+                    // An entry is read in place: it is some 100 bytes, and
+                    // building it aside then moving it into the list cost
+                    // two copies of it.
                     if let RawField::Present(muscles) = &mut raw.muscles {
-                        muscles.push(RawField::Present(dose));
+                        muscles.push(RawField::Present(RawMuscle {
+                            units: RawField::Present(0),
+                            ..RawMuscle::default()
+                        }));
+                        if let Some(RawField::Present(dose)) = muscles.last_mut() {
+                            muscle(bytes, dose)?;
+                        }
                     }
                 }
                 (12, 1, LENGTH_DELIMITED) => {
@@ -600,12 +610,10 @@ mod borrowed {
         Some(())
     }
 
-    fn muscle<'a, T: FieldText<'a>>(bytes: &'a [u8]) -> Option<RawMuscle<T>> {
+    /// Reads one entry of `muscles` into `dose`, which starts with no
+    /// muscle, no side and 0 units (prost's defaults).
+    fn muscle<'a, T: FieldText<'a>>(bytes: &'a [u8], dose: &mut RawMuscle<T>) -> Option<()> {
         let mut reader = Reader { bytes };
-        let mut dose = RawMuscle {
-            units: RawField::Present(0),
-            ..RawMuscle::default()
-        };
         let mut units_seen = false;
         while let Some((number, wire)) = reader.key()? {
             match (number, wire) {
@@ -618,7 +626,7 @@ mod borrowed {
                 _ => return None,
             }
         }
-        Some(dose)
+        Some(())
     }
 }
 
