@@ -270,6 +270,21 @@ impl StandardFinding {
     }
 }
 
+/// A patient's assessment without the cycle by cycle detail: what a
+/// derived event carries. [`PatientAssessment`] has the same fields, and
+/// the cycles themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientSummary {
+    pub centre: Centre,
+    pub patient: Pseudonym,
+    pub registered: bool,
+    pub rule_set: String,
+    /// How many live cycles the patient has (`PatientAssessment::cycles.len()`).
+    pub cycles: usize,
+    pub snr: Option<SnrView>,
+    pub standards: Vec<StandardFinding>,
+}
+
 /// Everything the audit says about one patient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PatientAssessment {
@@ -364,6 +379,27 @@ pub(crate) fn view_of_analysis(
             adjusted: cycle.adjusted,
         })
         .collect();
+    let summary = summary_of_analysis(key, registered, analysis, parameters);
+    PatientAssessment {
+        centre: summary.centre,
+        patient: summary.patient,
+        registered,
+        rule_set: summary.rule_set,
+        parameters: *parameters,
+        cycles,
+        snr: summary.snr,
+        standards: summary.standards,
+    }
+}
+
+/// The summary of a patient whose log `analysis` was made of: the view of
+/// [`view_of_analysis`] without building the cycles.
+pub(crate) fn summary_of_analysis(
+    key: &PatientKey,
+    registered: bool,
+    analysis: &Analysis,
+    parameters: &RuleParameters,
+) -> PatientSummary {
     let snr = analysis.snr.as_ref().map(|snr| SnrView {
         group: snr.group,
         onset_on: date_of(analysis.cycles[snr.onset].day),
@@ -384,13 +420,12 @@ pub(crate) fn view_of_analysis(
     } else {
         Vec::new()
     };
-    PatientAssessment {
+    PatientSummary {
         centre: key.centre.clone(),
         patient: key.patient.clone(),
         registered,
         rule_set: RULE_SET.to_owned(),
-        parameters: *parameters,
-        cycles,
+        cycles: analysis.cycles.len(),
         snr,
         standards,
     }

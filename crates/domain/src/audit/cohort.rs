@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::{
-        AuditReport, PatientAssessment, RULE_SET, RuleParameters,
-        assessment::view_of,
+        AuditReport, PatientAssessment, PatientSummary, RULE_SET, RuleParameters,
+        assessment::{summary_of_analysis, view_of},
         engine::{PatientLog, analyse},
         report::{Share, Tally, build_report},
     },
@@ -358,6 +358,20 @@ impl Cohort {
         Some(view_of(key, &patient.log, &self.parameters))
     }
 
+    /// One patient's assessment without the cycles themselves (what a
+    /// derived event carries): [`Cohort::patient`]'s fields, the cycles
+    /// counted rather than built.
+    pub fn patient_summary(&self, key: &PatientKey) -> Option<PatientSummary> {
+        let slot = self.slot_of(&key.centre, &key.patient)?;
+        let log = &self.patients[slot as usize].log;
+        Some(summary_of_analysis(
+            key,
+            log.registered,
+            &analyse(log, &self.parameters),
+            &self.parameters,
+        ))
+    }
+
     /// One patient's compact log, or `None` when the cohort has never seen
     /// an event of theirs (for tests; `audit::change` reaches the log
     /// through [`Cohort::apply_with`]).
@@ -613,6 +627,55 @@ mod tests {
             serde_json::to_value(restored.snapshot()).unwrap(),
             serde_json::to_value(cohort.snapshot()).unwrap()
         );
+    }
+
+    /// `patient_summary` is `patient` with the cycles counted instead of
+    /// built, after every event of a history that reaches the SNR cohort
+    /// and fails a standard.
+    #[test]
+    fn a_patients_summary_is_their_assessment_without_the_cycles() {
+        let injection = r#""type":"injection_administered","product":"onabotulinumtoxinA","total_units":100,"guidance":"emg","muscles":[{"muscle":"splenius_capitis","side":"left","units":100}]"#;
+        let rating = |injection: &str, rating: &str| {
+            format!(
+                r#""type":"response_assessed","injection_event_id":"{injection}","rating":"{rating}""#
+            )
+        };
+        let events = [
+            line_event(1, "r-1", r#""type":"patient_registered""#),
+            line_event(2, "i-2", injection),
+            line_event(3, "a-3", &rating("i-2", "good")),
+            line_event(4, "i-4", injection),
+            line_event(5, "a-5", &rating("i-4", "good")),
+            line_event(6, "i-6", injection),
+            line_event(7, "a-7", &rating("i-6", "suboptimal")),
+            line_event(
+                8,
+                "v-8",
+                r#""type":"event_voided","target_event_id":"a-3","reason":"typed twice""#,
+            ),
+        ];
+        let mut cohort = Cohort::new(RuleParameters::default());
+        let key = events[0].event.patient_key();
+        let mut classified = false;
+        for event in &events {
+            cohort.apply(event);
+            let view = cohort.patient(&key).unwrap();
+            let summary = cohort.patient_summary(&key).unwrap();
+            assert_eq!(summary.centre, view.centre);
+            assert_eq!(summary.patient, view.patient);
+            assert_eq!(summary.registered, view.registered);
+            assert_eq!(summary.rule_set, view.rule_set);
+            assert_eq!(summary.cycles, view.cycles.len());
+            assert_eq!(summary.snr, view.snr);
+            assert_eq!(summary.standards, view.standards);
+            classified |= summary.snr.is_some() && !summary.standards.is_empty();
+        }
+        assert!(classified, "the history never reached the SNR cohort");
+        let stranger = PatientKey::new(
+            Centre::parse("leeds").unwrap(),
+            Pseudonym::parse("X-1").unwrap(),
+        );
+        assert!(cohort.patient_summary(&stranger).is_none());
     }
 
     /// Patients whose names hash alike (here: every one to the same hash)

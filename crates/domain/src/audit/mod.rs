@@ -17,8 +17,8 @@ mod parameters;
 mod report;
 
 pub use assessment::{
-    CycleView, InjectedMuscle, PatientAssessment, SnrGroup, SnrView, Standard, StandardFinding,
-    assess_patient,
+    CycleView, InjectedMuscle, PatientAssessment, PatientSummary, SnrGroup, SnrView, Standard,
+    StandardFinding, assess_patient,
 };
 pub use change::{AssessmentChange, apply_and_compare};
 pub use cohort::{COHORT_SNAPSHOT_FORMAT, Cohort, CohortSnapshot};
