@@ -24,6 +24,10 @@
 //! 2 x 1000 raw publishes in flight. `JETSTREAM_BENCH_SIDES=<n,m,..>` runs
 //! only those sides of the summary (see `SIDES`), 2000 rounds or
 //! `JETSTREAM_BENCH_ROUNDS`, to compare them closely or for `perf record`.
+//! Each side's CPU time per batch is printed too, this process's (the
+//! client) and nats-server's apart (from `/proc`, in clock ticks of 10 ms
+//! summed over all rounds, outside the timed part): on 2 shared CPUs the
+//! client's CPU is time the server does not get.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -397,6 +401,45 @@ fn replay(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// CPU seconds (user + system) a process has used so far, from
+/// `/proc/<pid>/stat` (clock ticks, 100 a second on Linux).
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The pid of the newest nats-server this process started (the summary's).
+fn newest_nats_server_child() -> Option<String> {
+    let mut newest: Option<(u64, String)> = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children.split_whitespace() {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((name, rest)) = stat.split_once(')') else {
+                continue;
+            };
+            if !name.ends_with("(nats-server") {
+                continue;
+            }
+            let started: u64 = rest
+                .split_whitespace()
+                .nth(19)
+                .and_then(|field| field.parse().ok())
+                .unwrap_or(0);
+            if newest.as_ref().is_none_or(|(at, _)| started >= *at) {
+                newest = Some((started, pid.to_owned()));
+            }
+        }
+    }
+    newest.map(|(_, pid)| pid)
+}
+
 /// Records per second of `rounds` runs of `work`, each handling `per_round`
 /// records, taking the median run.
 async fn median_rate<F, Fut>(rounds: usize, per_round: u64, mut work: F) -> f64
@@ -441,12 +484,25 @@ fn summary(_criterion: &mut Criterion) {
             .and_then(|value| value.parse().ok())
             .unwrap_or(if only.is_some() { 2000 } else { INTERLEAVED_ROUNDS });
         let mut seconds = vec![Vec::with_capacity(rounds); SIDES.len()];
+        // CPU seconds of each side over all its rounds: (client, server).
+        let mut cpu = vec![(0.0_f64, 0.0_f64); SIDES.len()];
+        let server_pid = newest_nats_server_child();
+        let cpu_now = || {
+            (
+                process_cpu_seconds("self").unwrap_or(f64::NAN),
+                server_pid
+                    .as_deref()
+                    .and_then(process_cpu_seconds)
+                    .unwrap_or(f64::NAN),
+            )
+        };
         for _ in 0..rounds {
             for (index, (side, times)) in SIDES.iter().zip(&mut seconds).enumerate() {
                 if only.as_ref().is_some_and(|only| !only.contains(&index)) {
                     continue;
                 }
                 let batch = records(&numbers);
+                let cpu_before = cpu_now();
                 let started = Instant::now();
                 match side {
                     Side::BackendConcurrent => {
@@ -498,8 +554,19 @@ fn summary(_criterion: &mut Criterion) {
                     }
                 }
                 times.push(started.elapsed().as_secs_f64());
+                let cpu_after = cpu_now();
+                cpu[index].0 += cpu_after.0 - cpu_before.0;
+                cpu[index].1 += cpu_after.1 - cpu_before.1;
             }
         }
+        // Per 1000 records, so the concurrent sides compare too.
+        let cpu_per_batch = |side: usize| {
+            let batches = (rounds * SIDES[side].records_per_round()) as f64 / BATCH_RECORDS as f64;
+            (
+                1e3 * cpu[side].0 / batches,
+                1e3 * cpu[side].1 / batches,
+            )
+        };
         let rate = |side: usize| {
             let times = &mut seconds[side].clone();
             times.sort_by(f64::total_cmp);
@@ -507,7 +574,11 @@ fn summary(_criterion: &mut Criterion) {
         };
         if let Some(only) = only {
             for side in only {
-                println!("side {side}: {:.0} records/s over {rounds} rounds", rate(side));
+                let (client, server) = cpu_per_batch(side);
+                println!(
+                    "side {side}: {:.0} records/s over {rounds} rounds; CPU per 1000 records: client {client:.2} ms, nats-server {server:.2} ms",
+                    rate(side)
+                );
             }
             return;
         }
@@ -578,6 +649,17 @@ fn summary(_criterion: &mut Criterion) {
             backend,
             atomic_envelope,
         );
+        for (side, name) in [
+            (0, "backend append"),
+            (1, "plain raw async publish"),
+            (4, "raw atomic batch, Nats-Msg-Id + batch headers only"),
+            (5, "raw atomic batch as the backend sends it"),
+        ] {
+            let (client, server) = cpu_per_batch(side);
+            println!(
+                "CPU per 1000 records, {name}: client {client:.2} ms, nats-server {server:.2} ms"
+            );
+        }
 
         // The catch-up every quarter duplicate window indexes the keys appended
         // since the last one; its cost per record, amortised over appends. The

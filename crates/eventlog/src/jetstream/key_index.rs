@@ -15,26 +15,83 @@
 //! the index still grows in log order without holes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::Instant;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+/// The hash of a key in one index (see [`KeyIndex::hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyHash(u64);
+
+/// The maps of the index are keyed by a key's hash, which is a hash already:
+/// hashing it again (SipHash, std's default) cost more than the look-up
+/// itself in the profile of an append (each record is looked up before it is
+/// published and inserted after). This hasher passes the value through.
 #[derive(Debug, Default)]
+struct AlreadyHashed(u64);
+
+impl Hasher for AlreadyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; fold anything else in anyway.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type HashedMap<V> = HashMap<u64, V, BuildHasherDefault<AlreadyHashed>>;
+
+#[derive(Debug)]
 pub(crate) struct KeyIndex {
+    /// The seed of this index's key hash, random per index (the index lives
+    /// in memory only), so nobody can choose keys that pile into one slot of
+    /// the maps, which use the hash as it is.
+    seed: u64,
     /// Every record at or below this position is indexed.
     through: u64,
     /// The first position whose key has this hash.
-    first_with_hash: HashMap<u64, u64>,
+    first_with_hash: HashedMap<u64>,
     /// Later positions with an already-seen hash (a collision, or a key the
     /// non-atomic fallback stored twice), in position order.
-    more_with_hash: HashMap<u64, Vec<u64>>,
+    more_with_hash: HashedMap<Vec<u64>>,
     /// When the last catch-up that completed started.
     last_catch_up: Option<Instant>,
     /// Hashes of keys this instance stored itself past `through`, by position.
     own: BTreeMap<u64, u64>,
 }
 
+impl Default for KeyIndex {
+    fn default() -> Self {
+        Self {
+            // std's RandomState is seeded from the operating system's
+            // randomness; one of its hashes is a random 64-bit number.
+            seed: std::collections::hash_map::RandomState::new()
+                .hash_one(0x6b65_795f_696e_6465_u64),
+            through: 0,
+            first_with_hash: HashedMap::default(),
+            more_with_hash: HashedMap::default(),
+            last_catch_up: None,
+            own: BTreeMap::new(),
+        }
+    }
+}
+
 impl KeyIndex {
+    /// The hash of `key` in this index, for [`KeyIndex::candidates_of`] and
+    /// [`KeyIndex::record_own`]: an append hashes each key once for both.
+    pub(crate) fn hash(&self, key: &str) -> KeyHash {
+        KeyHash(xxh3_64_with_seed(key.as_bytes(), self.seed))
+    }
+
     /// The position the index covers through.
     #[cfg(test)]
     pub(crate) fn through(&self) -> u64 {
@@ -44,7 +101,8 @@ impl KeyIndex {
     /// Records the key of the record at `position`, which must be
     /// `through() + 1`: the index grows in log order, without holes.
     pub(crate) fn insert(&mut self, key: &str, position: u64) {
-        self.insert_hash(xxh3_64(key.as_bytes()), position);
+        let KeyHash(hash) = self.hash(key);
+        self.insert_hash(hash, position);
         self.take_own();
     }
 
@@ -61,11 +119,11 @@ impl KeyIndex {
         self.through = position;
     }
 
-    /// Records keys this instance just stored, with their positions (from
-    /// the server's acknowledgement), so no catch-up has to read them.
-    pub(crate) fn record_own<'k>(&mut self, stored: impl IntoIterator<Item = (u64, &'k str)>) {
-        for (position, key) in stored {
-            let hash = xxh3_64(key.as_bytes());
+    /// Records keys this instance just stored, by their hashes (from
+    /// [`KeyIndex::hash`]) with their positions (from the server's
+    /// acknowledgement), so no catch-up has to read them.
+    pub(crate) fn record_own(&mut self, stored: impl IntoIterator<Item = (u64, KeyHash)>) {
+        for (position, KeyHash(hash)) in stored {
             // At or below `through` a catch-up has already read it; right
             // after it (the usual case: nobody else wrote in between) it
             // continues the index at once.
@@ -119,8 +177,13 @@ impl KeyIndex {
     }
 
     /// The positions that may hold `key`, lowest first.
+    #[cfg(test)]
     pub(crate) fn candidates(&self, key: &str) -> Vec<u64> {
-        let hash = xxh3_64(key.as_bytes());
+        self.candidates_of(self.hash(key))
+    }
+
+    /// The positions that may hold the key of this hash, lowest first.
+    pub(crate) fn candidates_of(&self, KeyHash(hash): KeyHash) -> Vec<u64> {
         let mut positions: Vec<u64> = self
             .first_with_hash
             .get(&hash)
@@ -147,6 +210,26 @@ impl KeyIndex {
 mod tests {
     use super::*;
 
+    fn own<'k>(
+        index: &KeyIndex,
+        stored: impl IntoIterator<Item = (u64, &'k str)>,
+    ) -> Vec<(u64, KeyHash)> {
+        stored
+            .into_iter()
+            .map(|(position, key)| (position, index.hash(key)))
+            .collect()
+    }
+
+    #[test]
+    fn two_indexes_hash_keys_differently_and_each_finds_its_own() {
+        let (mut first, mut second) = (KeyIndex::default(), KeyIndex::default());
+        assert_ne!(first.hash("e-1"), second.hash("e-1"));
+        first.insert("e-1", 1);
+        second.insert("e-1", 1);
+        assert_eq!(first.candidates("e-1"), vec![1]);
+        assert_eq!(second.candidates("e-1"), vec![1]);
+    }
+
     #[test]
     fn keys_are_found_at_every_position_they_hash_to() {
         let mut index = KeyIndex::default();
@@ -163,7 +246,7 @@ mod tests {
     fn own_keys_past_a_gap_wait_for_it_and_leave_only_the_gap_to_read() {
         let mut index = KeyIndex::default();
         index.insert("e-1", 1);
-        index.record_own([(4, "e-4"), (5, "e-5"), (7, "e-7")]);
+        index.record_own(own(&index, [(4, "e-4"), (5, "e-5"), (7, "e-7")]));
         assert_eq!(index.through(), 1);
         assert_eq!(index.own_waiting(), 3);
         assert_eq!(index.gaps(8), vec![(2, 2), (6, 1), (8, 1)]);
@@ -179,7 +262,7 @@ mod tests {
         assert!(index.gaps(7).is_empty());
         // Own keys a catch-up already read are ignored; ones continuing the
         // index go straight in.
-        index.record_own([(7, "e-7"), (8, "e-8")]);
+        index.record_own(own(&index, [(7, "e-7"), (8, "e-8")]));
         assert_eq!(index.through(), 8);
         assert_eq!(index.candidates("e-7"), vec![7]);
         assert_eq!(index.candidates("e-8"), vec![8]);
@@ -196,8 +279,11 @@ mod tests {
         }
         let mut own = KeyIndex::default();
         // Batches acknowledged out of order, one gap read by a catch-up.
-        own.record_own((21..=50).map(|position| (position, keys[position as usize - 1].as_str())));
-        own.record_own((1..=10).map(|position| (position, keys[position as usize - 1].as_str())));
+        let hashes: Vec<(u64, KeyHash)> = (1..=50)
+            .map(|position| (position, own.hash(&keys[position as usize - 1])))
+            .collect();
+        own.record_own(hashes[20..50].iter().copied());
+        own.record_own(hashes[0..10].iter().copied());
         assert_eq!(own.gaps(50), vec![(11, 10)]);
         for position in 11..=20 {
             own.insert(&keys[position as usize - 1], position);

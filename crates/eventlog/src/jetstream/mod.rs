@@ -117,8 +117,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
+use async_nats::header::{
+    NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+    NATS_MESSAGE_ID,
+};
 use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -129,7 +133,7 @@ use crate::{
 };
 use direct_get::{Request, StoredMessage, direct_get};
 use envelope::Envelopes;
-use key_index::KeyIndex;
+use key_index::{KeyHash, KeyIndex};
 use subjects::{Subjects, from_header_value, header_value};
 
 /// The key travels as the message id, so the server's own duplicate check
@@ -476,20 +480,16 @@ impl JetStreamLog {
         Ok(())
     }
 
-    /// The stored record of each of `keys` that the key index knows (the
-    /// lowest position holding it).
-    async fn lookup_keys<'k>(
+    /// The stored record of each key that the key index knows (the lowest
+    /// position holding it); `wanted` holds each key with the positions the
+    /// index gives for its hash.
+    async fn lookup_keys(
         &self,
-        keys: impl Iterator<Item = &'k str>,
+        wanted: Vec<(String, Vec<u64>)>,
     ) -> Result<HashMap<String, Record>, LogError> {
-        let wanted: Vec<(String, Vec<u64>)> = {
-            let index = self.inner.key_index.lock().await;
-            keys.filter_map(|key| {
-                let candidates = index.candidates(key);
-                (!candidates.is_empty()).then(|| (key.to_owned(), candidates))
-            })
-            .collect()
-        };
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
         // One read per candidate, many in flight: a retried batch of a
         // thousand records must not cost a thousand round trips in a row.
         let mut found = HashMap::new();
@@ -662,7 +662,24 @@ impl JetStreamLog {
         }
 
         let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
-        let indexed = self.lookup_keys(first_with_key.keys().copied()).await?;
+        // Each key is hashed once, for the look-up here and for the index
+        // after the acknowledgement (the index's hash seed never changes).
+        let (hashes, wanted) = {
+            let index = self.inner.key_index.lock().await;
+            let hashes: Vec<KeyHash> = records
+                .iter()
+                .map(|record| index.hash(&record.key))
+                .collect();
+            let wanted: Vec<(String, Vec<u64>)> = first_with_key
+                .iter()
+                .filter_map(|(&key, &at)| {
+                    let candidates = index.candidates_of(hashes[at]);
+                    (!candidates.is_empty()).then(|| (key.to_owned(), candidates))
+                })
+                .collect();
+            (hashes, wanted)
+        };
+        let indexed = self.lookup_keys(wanted).await?;
         if let Some(key) = repeated_with_other_content {
             // Conflicting with itself; with the stored record too when there is one.
             return Err(LogError::KeyConflict {
@@ -695,9 +712,7 @@ impl JetStreamLog {
             let mut key_index = self.inner.key_index.lock().await;
             key_index.record_own(new_records.iter().zip(&positions).filter_map(
                 |(&index, outcome)| match outcome {
-                    AppendOutcome::Appended { position } => {
-                        Some((*position, records[index].key.as_str()))
-                    }
+                    AppendOutcome::Appended { position } => Some((*position, hashes[index])),
                     AppendOutcome::Duplicate { .. } => None,
                 },
             ));
@@ -772,17 +787,22 @@ impl JetStreamLog {
         let messages = new_records.iter().enumerate().map(|(slot, &index)| {
             let record = &batch.records[index];
             let mut headers = HeaderMap::new();
-            headers.insert(KEY_HEADER, header_value(&record.key));
+            // Header names as constants and values from owned strings: a
+            // `&str` name is checked and matched, a `&str` value copied again.
+            headers.insert(
+                NATS_MESSAGE_ID,
+                HeaderValue::from(header_value(&record.key)),
+            );
             if let Some((first, stream, expected)) = expectations.get(slot)
                 && slot <= *first
             {
                 headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    expected.to_string().as_str(),
+                    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    HeaderValue::from(expected.to_string()),
                 );
                 headers.insert(
                     "Nats-Expected-Last-Subject-Sequence-Subject",
-                    self.inner.subjects.stream(stream).as_str(),
+                    HeaderValue::from(self.inner.subjects.stream(stream)),
                 );
             }
             Outgoing {
@@ -921,15 +941,17 @@ impl JetStreamLog {
         let unavailable = |error: async_nats::PublishError| {
             LogError::Unavailable(format!("publishing a batch: {error}"))
         };
+        let batch_id = HeaderValue::from(batch_id);
         let mut published = 0;
         for (index, mut message) in messages.enumerate() {
-            message.headers.insert("Nats-Batch-Id", batch_id.as_str());
-            message
-                .headers
-                .insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+            message.headers.insert(NATS_BATCH_ID, batch_id.clone());
+            message.headers.insert(
+                NATS_BATCH_SEQUENCE,
+                HeaderValue::from((index + 1).to_string()),
+            );
             let last = index + 1 == count;
             if last {
-                message.headers.insert("Nats-Batch-Commit", "1");
+                message.headers.insert(NATS_BATCH_COMMIT, "1");
             }
             if index == 0 || last {
                 // The first message's (empty) reply confirms the batch started;
