@@ -11,8 +11,22 @@
 //! The keys an instance appended itself need no reading back: the server's
 //! acknowledgement gives their positions, so they are recorded as "own" at
 //! once and the catch-up reads only the gaps between them (other writers'
-//! records). An own key past a gap waits in `own` until the gap is read, so
-//! the index still grows in log order without holes.
+//! records). Own keys wait in `own`, a run of consecutive positions per
+//! append, until [`KeyIndex::settle`] moves them into the maps, which it can
+//! only do once every position before them is indexed (a gap is read), so the
+//! index still grows in log order without holes. An append settles the
+//! previous appends' keys while it waits for the server's acknowledgement of
+//! its own (the client is idle then), instead of between the acknowledgement
+//! and its answer; every catch-up settles too.
+//!
+//! A key waiting in `own` is not found by a look-up. That is safe for the
+//! same reason a key another writer stored after the last catch-up is: it
+//! was stored after that catch-up started (a catch-up settles every own key
+//! it can reach, and an own key recorded later has a position past the head
+//! it read, or below `through` and then is dropped as read), and look-ups
+//! trust a miss only while the last catch-up started less than a quarter of
+//! the duplicate window ago, so the server's `Nats-Msg-Id` check still
+//! catches such a key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -22,14 +36,14 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The hash of a key in one index (see [`KeyIndex::hash`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct KeyHash(u64);
+pub(crate) struct KeyHash(pub(crate) u64);
 
 /// The maps of the index are keyed by a key's hash, which is a hash already:
 /// hashing it again (SipHash, std's default) cost more than the look-up
 /// itself in the profile of an append (each record is looked up before it is
 /// published and inserted after). This hasher passes the value through.
 #[derive(Debug, Default)]
-struct AlreadyHashed(u64);
+pub(crate) struct AlreadyHashed(u64);
 
 impl Hasher for AlreadyHashed {
     fn finish(&self) -> u64 {
@@ -48,7 +62,8 @@ impl Hasher for AlreadyHashed {
     }
 }
 
-type HashedMap<V> = HashMap<u64, V, BuildHasherDefault<AlreadyHashed>>;
+/// A map keyed by a key's hash ([`KeyHash`]).
+pub(crate) type HashedMap<V> = HashMap<u64, V, BuildHasherDefault<AlreadyHashed>>;
 
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
@@ -65,8 +80,11 @@ pub(crate) struct KeyIndex {
     more_with_hash: HashedMap<Vec<u64>>,
     /// When the last catch-up that completed started.
     last_catch_up: Option<Instant>,
-    /// Hashes of keys this instance stored itself past `through`, by position.
-    own: BTreeMap<u64, u64>,
+    /// Hashes of keys this instance stored itself past `through`, not in the
+    /// maps yet: runs of consecutive positions, by the first position.
+    own: BTreeMap<u64, Vec<u64>>,
+    /// How many hashes `own` holds.
+    own_keys: usize,
 }
 
 impl Default for KeyIndex {
@@ -81,6 +99,7 @@ impl Default for KeyIndex {
             more_with_hash: HashedMap::default(),
             last_catch_up: None,
             own: BTreeMap::new(),
+            own_keys: 0,
         }
     }
 }
@@ -98,12 +117,14 @@ impl KeyIndex {
         self.through
     }
 
-    /// Records the key of the record at `position`, which must be
-    /// `through() + 1`: the index grows in log order, without holes.
+    /// Records the key of the record at `position`, which must be the first
+    /// position neither indexed nor an own key (the first of [`KeyIndex::gaps`]):
+    /// the index grows in log order, without holes.
     pub(crate) fn insert(&mut self, key: &str, position: u64) {
         let KeyHash(hash) = self.hash(key);
+        self.settle();
         self.insert_hash(hash, position);
-        self.take_own();
+        self.settle();
     }
 
     fn insert_hash(&mut self, hash: u64, position: u64) {
@@ -121,37 +142,58 @@ impl KeyIndex {
 
     /// Records keys this instance just stored, by their hashes (from
     /// [`KeyIndex::hash`]) with their positions (from the server's
-    /// acknowledgement), so no catch-up has to read them.
+    /// acknowledgement, ascending), so no catch-up has to read them. They
+    /// wait in `own` until [`KeyIndex::settle`] (see the module doc).
     pub(crate) fn record_own(&mut self, stored: impl IntoIterator<Item = (u64, KeyHash)>) {
+        let mut run: Option<(u64, Vec<u64>)> = None;
         for (position, KeyHash(hash)) in stored {
-            // At or below `through` a catch-up has already read it; right
-            // after it (the usual case: nobody else wrote in between) it
-            // continues the index at once.
-            if position == self.through + 1 {
-                self.insert_hash(hash, position);
-            } else if position > self.through {
-                self.own.insert(position, hash);
+            // At or below `through` a catch-up has already read it.
+            if position <= self.through {
+                continue;
+            }
+            match &mut run {
+                Some((first, hashes)) if *first + hashes.len() as u64 == position => {
+                    hashes.push(hash);
+                }
+                _ => {
+                    if let Some((first, hashes)) = run.replace((position, vec![hash])) {
+                        self.add_own_run(first, hashes);
+                    }
+                }
             }
         }
-        self.take_own();
+        if let Some((first, hashes)) = run {
+            self.add_own_run(first, hashes);
+        }
     }
 
-    /// How many own keys wait behind a gap.
+    fn add_own_run(&mut self, first: u64, hashes: Vec<u64>) {
+        self.own_keys += hashes.len();
+        if let Some(replaced) = self.own.insert(first, hashes) {
+            // The same position recorded twice: keep one count of it.
+            self.own_keys -= replaced.len();
+        }
+    }
+
+    /// How many own keys wait in `own`.
     pub(crate) fn own_waiting(&self) -> usize {
-        self.own.len()
+        self.own_keys
     }
 
-    /// Moves own keys that continue the index into it.
-    fn take_own(&mut self) {
+    /// Moves the own keys that continue the index into it.
+    pub(crate) fn settle(&mut self) {
         while let Some(entry) = self.own.first_entry() {
-            let position = *entry.key();
-            if position <= self.through {
-                entry.remove();
-            } else if position == self.through + 1 {
-                let hash = entry.remove();
-                self.insert_hash(hash, position);
-            } else {
+            let first = *entry.key();
+            if first > self.through + 1 {
                 break;
+            }
+            let hashes = entry.remove();
+            self.own_keys -= hashes.len();
+            for (position, hash) in (first..).zip(hashes) {
+                // Positions at or below `through` were read by a catch-up.
+                if position == self.through + 1 {
+                    self.insert_hash(hash, position);
+                }
             }
         }
     }
@@ -164,11 +206,11 @@ impl KeyIndex {
         if head < next {
             return gaps;
         }
-        for &position in self.own.range(next..=head).map(|(position, _)| position) {
-            if position > next {
-                gaps.push((next, position - next));
+        for (&first, hashes) in self.own.range(next..=head) {
+            if first > next {
+                gaps.push((next, first - next));
             }
-            next = position + 1;
+            next = next.max(first + hashes.len() as u64);
         }
         if head >= next {
             gaps.push((next, head - next + 1));
@@ -261,8 +303,13 @@ mod tests {
         assert_eq!(index.through(), 7);
         assert!(index.gaps(7).is_empty());
         // Own keys a catch-up already read are ignored; ones continuing the
-        // index go straight in.
+        // index wait, unseen, until they are settled.
         index.record_own(own(&index, [(7, "e-7"), (8, "e-8")]));
+        assert_eq!(index.own_waiting(), 1);
+        assert!(index.candidates("e-8").is_empty());
+        assert!(index.gaps(8).is_empty(), "a waiting own key is not read");
+        index.settle();
+        assert_eq!(index.own_waiting(), 0);
         assert_eq!(index.through(), 8);
         assert_eq!(index.candidates("e-7"), vec![7]);
         assert_eq!(index.candidates("e-8"), vec![8]);
@@ -284,6 +331,10 @@ mod tests {
             .collect();
         own.record_own(hashes[20..50].iter().copied());
         own.record_own(hashes[0..10].iter().copied());
+        assert_eq!(own.own_waiting(), 40);
+        assert_eq!(own.gaps(50), vec![(11, 10)]);
+        own.settle();
+        assert_eq!(own.through(), 10, "the first run continues the index");
         assert_eq!(own.gaps(50), vec![(11, 10)]);
         for position in 11..=20 {
             own.insert(&keys[position as usize - 1], position);
@@ -291,6 +342,64 @@ mod tests {
         assert_eq!(own.through(), 50);
         for key in &keys {
             assert_eq!(own.candidates(key), read.candidates(key), "{key}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Own keys recorded in any grouping and order (each position once),
+        /// gaps read in order, settled at any moment: the index equals one
+        /// read from the log, key by key.
+        #[test]
+        fn own_runs_settled_at_any_moment_equal_the_log_read_in_order(
+            keys in proptest::collection::vec(0_u8..12, 1..60),
+            own_mask in proptest::collection::vec(proptest::bool::ANY, 60),
+            cuts in proptest::collection::vec(1_usize..8, 1..20),
+            settle_after in proptest::collection::vec(proptest::bool::ANY, 20),
+            reversed in proptest::bool::ANY,
+        ) {
+            let keys: Vec<String> = keys.iter().map(|key| format!("e-{key}")).collect();
+            let head = keys.len() as u64;
+            let mut read = KeyIndex::default();
+            for (offset, key) in keys.iter().enumerate() {
+                read.insert(key, offset as u64 + 1);
+            }
+            let mut index = KeyIndex::default();
+            let owned: Vec<(u64, KeyHash)> = (1..=head)
+                .filter(|position| own_mask[*position as usize - 1])
+                .map(|position| (position, index.hash(&keys[position as usize - 1])))
+                .collect();
+            let mut batches: Vec<&[(u64, KeyHash)]> = Vec::new();
+            let mut rest = owned.as_slice();
+            for cut in cuts.iter().cycle().take(owned.len()) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (batch, after) = rest.split_at((*cut).min(rest.len()));
+                batches.push(batch);
+                rest = after;
+            }
+            if reversed {
+                batches.reverse();
+            }
+            for (number, batch) in batches.iter().enumerate() {
+                index.record_own(batch.iter().copied());
+                if settle_after[number % settle_after.len()] {
+                    index.settle();
+                }
+            }
+            // A catch-up: read every gap, in order.
+            index.settle();
+            for (from, count) in index.gaps(head) {
+                for position in from..from + count {
+                    index.insert(&keys[position as usize - 1], position);
+                }
+            }
+            index.settle();
+            proptest::prop_assert_eq!(index.through(), head);
+            proptest::prop_assert_eq!(index.own_waiting(), 0);
+            for key in &keys {
+                proptest::prop_assert_eq!(index.candidates(key), read.candidates(key));
+            }
         }
     }
 

@@ -133,7 +133,7 @@ use crate::{
 };
 use direct_get::{Request, StoredMessage, direct_get};
 use envelope::Envelopes;
-use key_index::{KeyHash, KeyIndex};
+use key_index::{HashedMap, KeyHash, KeyIndex};
 use subjects::{Subjects, from_header_value, header_value};
 
 /// The key travels as the message id, so the server's own duplicate check
@@ -445,6 +445,7 @@ impl JetStreamLog {
 
     async fn catch_up_locked(&self, index: &mut KeyIndex) -> Result<(), LogError> {
         let started = Instant::now();
+        index.settle();
         let head = self.head().await?;
         // Only what other writers stored: this instance's own appends are in
         // the index already (see `key_index.rs`).
@@ -476,30 +477,33 @@ impl JetStreamLog {
                 .await?;
             }
         }
+        index.settle();
         index.caught_up(started);
         Ok(())
     }
 
     /// The stored record of each key that the key index knows (the lowest
-    /// position holding it); `wanted` holds each key with the positions the
-    /// index gives for its hash.
+    /// position holding it); `wanted` holds the index in `records` of each
+    /// key to look for, with the positions the index gives for its hash.
     async fn lookup_keys(
         &self,
-        wanted: Vec<(String, Vec<u64>)>,
-    ) -> Result<HashMap<String, Record>, LogError> {
+        records: &[NewRecord],
+        wanted: Vec<(usize, Vec<u64>)>,
+    ) -> Result<Vec<(usize, Record)>, LogError> {
         if wanted.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
         // One read per candidate, many in flight: a retried batch of a
         // thousand records must not cost a thousand round trips in a row.
-        let mut found = HashMap::new();
+        let mut found = Vec::new();
         let mut reads = futures::stream::iter(wanted)
-            .map(|(key, candidates)| self.find_key(key, candidates))
+            .map(|(at, candidates)| async move {
+                let stored = self.find_key(records[at].key.clone(), candidates).await?;
+                Ok::<_, LogError>(stored.map(|stored| (at, stored)))
+            })
             .buffer_unordered(LOOKUP_READS_IN_FLIGHT);
         while let Some(read) = reads.next().await {
-            if let Some(stored) = read? {
-                found.insert(stored.key.to_string(), stored);
-            }
+            found.extend(read?);
         }
         Ok(found)
     }
@@ -643,59 +647,59 @@ impl JetStreamLog {
         batch: &AppendBatch,
     ) -> Result<Result<Vec<AppendOutcome>, PublishFailure>, LogError> {
         let records = &batch.records;
-        // Keys seen earlier in the same batch: a repeat is that record again.
-        let mut first_with_key: HashMap<&str, usize> = HashMap::new();
-        let mut same_as: Vec<Option<usize>> = vec![None; records.len()];
-        let mut repeated_with_other_content = None;
-        for (index, record) in records.iter().enumerate() {
-            match first_with_key.get(record.key.as_str()) {
-                Some(&first) if records[first].payload == record.payload => {
-                    same_as[index] = Some(first)
-                }
-                Some(_) => {
-                    repeated_with_other_content.get_or_insert(record.key.as_str());
-                }
-                None => {
-                    first_with_key.insert(&record.key, index);
-                }
-            }
-        }
-
-        let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
-        // Each key is hashed once, for the look-up here and for the index
+        // Each key is hashed once, for the look-ups here and for the index
         // after the acknowledgement (the index's hash seed never changes).
-        let (hashes, wanted) = {
+        let (hashes, first_with_key, wanted) = {
             let index = self.inner.key_index.lock().await;
             let hashes: Vec<KeyHash> = records
                 .iter()
                 .map(|record| index.hash(&record.key))
                 .collect();
-            let wanted: Vec<(String, Vec<u64>)> = first_with_key
-                .iter()
-                .filter_map(|(&key, &at)| {
+            let first_with_key = first_with_same_key(records, &hashes);
+            let wanted: Vec<(usize, Vec<u64>)> = (0..records.len())
+                .filter(|&at| first_with_key[at] == at)
+                .filter_map(|at| {
                     let candidates = index.candidates_of(hashes[at]);
-                    (!candidates.is_empty()).then(|| (key.to_owned(), candidates))
+                    (!candidates.is_empty()).then_some((at, candidates))
                 })
                 .collect();
-            (hashes, wanted)
+            (hashes, first_with_key, wanted)
         };
-        let indexed = self.lookup_keys(wanted).await?;
+        // Keys seen earlier in the same batch: a repeat is that record again.
+        let mut same_as: Vec<Option<usize>> = vec![None; records.len()];
+        let mut repeated_with_other_content = None;
+        for (index, record) in records.iter().enumerate() {
+            let first = first_with_key[index];
+            if first == index {
+                continue;
+            }
+            if records[first].payload == record.payload {
+                same_as[index] = Some(first);
+            } else {
+                repeated_with_other_content.get_or_insert(record.key.as_str());
+            }
+        }
+
+        let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; records.len()];
+        let indexed = self.lookup_keys(records, wanted).await?;
         if let Some(key) = repeated_with_other_content {
             // Conflicting with itself; with the stored record too when there is one.
             return Err(LogError::KeyConflict {
                 key: key.to_owned(),
-                position: indexed.get(key).map_or(0, |stored| stored.position),
+                position: indexed
+                    .iter()
+                    .find(|(at, _)| records[*at].key == key)
+                    .map_or(0, |(_, stored)| stored.position),
             });
         }
-        for (key, stored) in indexed {
-            let index = first_with_key[key.as_str()];
+        for (index, stored) in indexed {
             outcomes[index] = Some(if stored.payload == records[index].payload {
                 AppendOutcome::Duplicate {
                     position: stored.position,
                 }
             } else {
                 return Err(LogError::KeyConflict {
-                    key,
+                    key: records[index].key.clone(),
                     position: stored.position,
                 });
             });
@@ -716,6 +720,13 @@ impl JetStreamLog {
                     AppendOutcome::Duplicate { .. } => None,
                 },
             ));
+            // An atomic batch of several settles the keys of the appends
+            // before it while it waits for its acknowledgement
+            // (`publish_atomic`); others have no such wait, so their few
+            // keys go in now.
+            if !(self.inner.atomic && new_records.len() > 1) {
+                key_index.settle();
+            }
             // Own keys waiting behind another writer's records take memory
             // until a catch-up reads those: bound them.
             if key_index.own_waiting() > MAX_OWN_KEYS_WAITING
@@ -983,6 +994,13 @@ impl JetStreamLog {
             return Err(LogError::Corrupt(format!(
                 "a batch of {count} had {published} messages to publish"
             )));
+        }
+        // The server stores the batch now; meanwhile the keys of earlier
+        // appends go into the index (see `key_index.rs`), off the path
+        // between the acknowledgement and the answer. Skipped when another
+        // append holds the index: that one or a later one settles them.
+        if let Ok(mut index) = self.inner.key_index.try_lock() {
+            index.settle();
         }
         let deadline = tokio::time::Instant::now() + self.inner.options.request_timeout;
         let mut first_failure = None;
@@ -1462,4 +1480,66 @@ fn check_consecutive(from: u64, messages: &[StoredMessage]) -> Result<(), LogErr
         }
     }
     Ok(())
+}
+
+/// For each record of a batch, the index of the first record with its key
+/// (itself when it is the first). Keyed by the keys' hashes (`hashes[i]` is
+/// the hash of `records[i].key`), which the append has anyway; two different
+/// keys with one hash send the whole batch the slow way, by key.
+fn first_with_same_key(records: &[NewRecord], hashes: &[KeyHash]) -> Vec<usize> {
+    let mut first_with_hash: HashedMap<usize> =
+        HashedMap::with_capacity_and_hasher(records.len(), Default::default());
+    let mut first = Vec::with_capacity(records.len());
+    for (index, (record, KeyHash(hash))) in records.iter().zip(hashes).enumerate() {
+        let earliest = *first_with_hash.entry(*hash).or_insert(index);
+        if records[earliest].key != record.key {
+            return first_with_same_key_by_key(records);
+        }
+        first.push(earliest);
+    }
+    first
+}
+
+/// [`first_with_same_key`] by the keys themselves.
+fn first_with_same_key_by_key(records: &[NewRecord]) -> Vec<usize> {
+    let mut first_with_key: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| *first_with_key.entry(record.key.as_str()).or_insert(index))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The hash-keyed way gives what the by-key way gives, with real
+        /// hashes and with hashes that collide all the time.
+        #[test]
+        fn first_with_same_key_by_hash_equals_by_key(
+            keys in proptest::collection::vec(0_u8..8, 0..40),
+            collide in proptest::bool::ANY,
+        ) {
+            let index = KeyIndex::default();
+            let records: Vec<NewRecord> = keys
+                .iter()
+                .map(|key| NewRecord {
+                    key: format!("e-{key}"),
+                    stream: "leeds.L-0001".to_owned(),
+                    principal: "clinician@leeds".to_owned(),
+                    payload: Bytes::new(),
+                })
+                .collect();
+            let hashes: Vec<KeyHash> = records
+                .iter()
+                .map(|record| if collide { KeyHash(7) } else { index.hash(&record.key) })
+                .collect();
+            proptest::prop_assert_eq!(
+                first_with_same_key(&records, &hashes),
+                first_with_same_key_by_key(&records)
+            );
+        }
+    }
 }
