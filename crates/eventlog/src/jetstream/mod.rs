@@ -114,6 +114,7 @@ mod key_index;
 mod subjects;
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -936,11 +937,7 @@ impl JetStreamLog {
             });
         }
         let inbox = self.inner.client.new_inbox();
-        let batch_id = inbox
-            .rsplit('.')
-            .next()
-            .unwrap_or(inbox.as_str())
-            .to_owned();
+        let batch_id = new_batch_id();
         let mut replies = self
             .inner
             .client
@@ -1460,6 +1457,27 @@ fn record_from(subjects: &Subjects, message: StoredMessage) -> Result<Record, Lo
     })
 }
 
+/// The id of a new atomic batch: 64 random bits in base 62, 11 characters.
+/// nats-server tells the in-flight batches of a stream apart by it, so it
+/// must not repeat among them (two batches in flight share it with a
+/// probability of 2^-64). Every message of the batch carries it, and
+/// nats-server looks through a message's whole header block once for every
+/// header it knows, so it is kept short: the inbox's NUID used before has 22
+/// characters, a tenth of a message's header block.
+fn new_batch_id() -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    // Each RandomState has fresh keys (seeded from the operating system's
+    // randomness, then counted up), so its hash of a constant is a new
+    // random number.
+    let mut bits = std::collections::hash_map::RandomState::new().hash_one("toxaudit batch id");
+    let mut id = String::with_capacity(11);
+    for _ in 0..11 {
+        id.push(char::from(DIGITS[(bits % 62) as usize]));
+        bits /= 62;
+    }
+    id
+}
+
 fn now_micros() -> i64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1513,6 +1531,16 @@ fn first_with_same_key_by_key(records: &[NewRecord]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_ids_are_short_plain_and_new_each_time() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_batch_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 11 && id.bytes().all(|byte| byte.is_ascii_alphanumeric()))
+        );
+    }
 
     proptest::proptest! {
         /// The hash-keyed way gives what the by-key way gives, with real
