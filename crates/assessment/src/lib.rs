@@ -62,8 +62,8 @@ use std::{
 use domain::{
     Centre, PatientKey, Pseudonym,
     audit::{
-        AssessmentChange, Cohort, CohortSnapshot, PatientAssessment, PatientSummary,
-        RuleParameters, SnrView, StandardFinding, apply_and_compare,
+        AssessmentChange, Cohort, CohortSnapshot, PatientAssessment, PatientNumber, PatientSummary,
+        RuleParameters, SnrView, StandardFinding, apply_and_compare_numbered,
     },
 };
 use eventlog::{EventLog, Record};
@@ -282,7 +282,7 @@ struct Projection {
     /// Records folded by this process (not restored from a checkpoint).
     folded_here: u64,
     /// Patient → position of their last change not yet published.
-    pending: HashMap<PatientKey, u64>,
+    pending: PendingChanges,
     /// When the oldest pending change was folded.
     pending_since: Option<Instant>,
     /// Patient → source position of their last derived event the bus held
@@ -291,6 +291,58 @@ struct Projection {
     /// Emptied once the fold is past `stored_up_to`, the largest of them.
     stored: HashMap<PatientKey, u64>,
     stored_up_to: u64,
+}
+
+/// The changes not published yet: per patient (by the cohort's number),
+/// the position of their last change. Kept by number in a plain vector, as
+/// the cohort hands the number out with each event it folds: keying a map
+/// by the patient's names hashed them a second time per event (a fifth of
+/// the fold's instructions outside `Cohort::apply`).
+#[derive(Debug, Default)]
+struct PendingChanges {
+    /// By patient number: the position of their last pending change.
+    position: Vec<Option<u64>>,
+    /// The patients with a pending change, each once.
+    patients: Vec<PatientNumber>,
+}
+
+impl PendingChanges {
+    /// Notes a change of `patient` at `position` (after any earlier one).
+    fn note(&mut self, patient: PatientNumber, position: u64) {
+        let index = patient.index();
+        if index >= self.position.len() {
+            self.position.resize(index + 1, None);
+        }
+        if self.position[index].replace(position).is_none() {
+            self.patients.push(patient);
+        }
+    }
+
+    /// How many patients have a pending change.
+    fn len(&self) -> usize {
+        self.patients.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.patients.is_empty()
+    }
+
+    /// Each patient with a pending change and its position, in no
+    /// particular order.
+    fn iter(&self) -> impl Iterator<Item = (PatientNumber, u64)> + '_ {
+        self.patients
+            .iter()
+            .filter_map(|patient| Some((*patient, self.position[patient.index()]?)))
+    }
+
+    /// [`Self::iter`], leaving nothing pending.
+    fn take(&mut self) -> Vec<(PatientNumber, u64)> {
+        let changes = self.iter().collect();
+        for patient in self.patients.drain(..) {
+            self.position[patient.index()] = None;
+        }
+        changes
+    }
 }
 
 /// The projection's checkpoint: the cohort, and the changes not published
@@ -307,7 +359,7 @@ impl Projection {
             cohort: Cohort::new(parameters),
             position: 0,
             folded_here: 0,
-            pending: HashMap::new(),
+            pending: PendingChanges::default(),
             pending_since: None,
             stored: HashMap::new(),
             stored_up_to: 0,
@@ -338,12 +390,14 @@ impl Projection {
             pending: self
                 .pending
                 .iter()
-                .map(|(key, position)| {
-                    (
+                .filter_map(|(patient, position)| {
+                    // A pending patient is in the cohort that numbered them.
+                    let key = self.cohort.key_of(patient)?;
+                    Some((
                         key.centre.as_str().to_owned(),
                         key.patient.as_str().to_owned(),
-                        *position,
-                    )
+                        position,
+                    ))
                 })
                 .collect(),
         }
@@ -356,14 +410,19 @@ impl Projection {
     ) -> Result<Self, String> {
         let cohort = Cohort::from_snapshot(snapshot.cohort, parameters)
             .map_err(|error| error.to_string())?;
-        let mut pending = HashMap::with_capacity(snapshot.pending.len());
+        let mut pending = PendingChanges::default();
         for (centre, patient, changed_at) in snapshot.pending {
             let key = PatientKey::new(
                 Centre::parse(&centre).map_err(|reason| format!("pending centre: {reason}"))?,
                 Pseudonym::parse(&patient)
                     .map_err(|reason| format!("pending patient: {reason}"))?,
             );
-            pending.insert(key, changed_at);
+            // A patient the cohort does not hold has no assessment to
+            // publish (nor did they before patients were numbered: their
+            // change was dropped when published).
+            if let Some(number) = cohort.number_of(&key) {
+                pending.note(number, changed_at);
+            }
         }
         Ok(Self {
             cohort,
@@ -396,15 +455,11 @@ impl Projection {
                     });
                 }
             };
-            let change = apply_and_compare(&mut self.cohort, &recorded);
+            let (patient, change) = apply_and_compare_numbered(&mut self.cohort, &recorded);
             self.position = record.position;
             self.folded_here += 1;
             if change == AssessmentChange::Changed {
-                let event = recorded.event;
-                self.pending.insert(
-                    PatientKey::new(event.centre, event.patient),
-                    record.position,
-                );
+                self.pending.note(patient, record.position);
                 self.pending_since.get_or_insert_with(Instant::now);
             }
         }
@@ -418,23 +473,26 @@ impl Projection {
     /// same one (same id) or a later state of the patient.
     fn take_derived(&mut self) -> Vec<PatientAssessed> {
         self.pending_since = None;
-        let stored = &self.stored;
-        let mut latest: Vec<(u64, PatientKey)> = self
-            .pending
-            .drain()
-            .filter(|(key, position)| stored.get(key).is_none_or(|stored| position > stored))
-            .map(|(key, position)| (position, key))
-            .collect();
-        if self.position >= self.stored_up_to && !self.stored.is_empty() {
-            // Every change from now on is after every stored event.
-            self.stored = HashMap::new();
+        let mut latest = self.pending.take();
+        if !self.stored.is_empty() {
+            let (stored, cohort) = (&self.stored, &self.cohort);
+            latest.retain(|(patient, position)| {
+                cohort
+                    .key_of(*patient)
+                    .and_then(|key| stored.get(&key))
+                    .is_none_or(|stored| position > stored)
+            });
+            if self.position >= self.stored_up_to {
+                // Every change from now on is after every stored event.
+                self.stored = HashMap::new();
+            }
         }
-        latest.sort_unstable_by_key(|(position, _)| *position);
+        latest.sort_unstable_by_key(|(_, position)| *position);
         latest
             .into_iter()
-            .filter_map(|(position, key)| {
+            .filter_map(|(patient, position)| {
                 // A changed patient is registered and in the cohort.
-                let summary = self.cohort.patient_summary(&key)?;
+                let summary = self.cohort.patient_summary_of(patient)?;
                 Some(summary_assessed(&summary, position))
             })
             .collect()

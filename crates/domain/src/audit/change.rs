@@ -27,7 +27,7 @@
 
 use crate::{
     audit::{
-        Cohort,
+        Cohort, PatientNumber,
         engine::{Analysis, Detail, PatientLog, analyse},
     },
     event::{EventBody, Rating, RecordedEvent},
@@ -154,6 +154,15 @@ fn judged_by_analyses(before: &Analysis, after: &Analysis) -> AssessmentChange {
 /// assessment ([`crate::audit::PatientAssessment`], all of it: "unchanged" means equal).
 /// The patient is looked up once, and their log judged before and after.
 pub fn apply_and_compare(cohort: &mut Cohort, recorded: &RecordedEvent) -> AssessmentChange {
+    apply_and_compare_numbered(cohort, recorded).1
+}
+
+/// [`apply_and_compare`], telling the number of the event's patient too
+/// (for a follower that keeps per-patient state by number).
+pub fn apply_and_compare_numbered(
+    cohort: &mut Cohort,
+    recorded: &RecordedEvent,
+) -> (PatientNumber, AssessmentChange) {
     let event = &recorded.event;
     cohort.apply_with(recorded, |log, parameters| {
         let (registered_before, length_before) = (log.registered, log.len());

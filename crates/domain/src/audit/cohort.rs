@@ -150,6 +150,23 @@ impl PatientIndex {
     }
 }
 
+/// A patient's number in a cohort: patients are numbered 0, 1, 2, … in
+/// order of their first event, and a cohort restored from a snapshot keeps
+/// the numbers. Handed out by [`Cohort`] as it folds, so a follower can keep
+/// what it tracks per patient in a plain vector instead of hashing the
+/// patient's names again for every event (assessment's pending changes).
+/// Meaningful only for the cohort that handed it out, or one restored
+/// from its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PatientNumber(u32);
+
+impl PatientNumber {
+    /// The number as an index (0 for the first patient).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// One patient in the cohort.
 #[derive(Debug)]
 struct PatientSlot {
@@ -309,17 +326,24 @@ impl Cohort {
         self.apply_with(recorded, |log, _| (log.apply(recorded), ()));
     }
 
+    /// [`Cohort::apply`], telling the number of the event's patient.
+    pub fn apply_numbered(&mut self, recorded: &RecordedEvent) -> PatientNumber {
+        self.apply_with(recorded, |log, _| (log.apply(recorded), ()))
+            .0
+    }
+
     /// Folds one recorded event as [`Cohort::apply`] does, finding its
     /// patient once: `fold` applies it to the patient's log (with the
     /// cohort's parameters) and says whether the log changed; what it
-    /// returns besides is handed back. For `audit::change`, which looks at
-    /// the log before and after the event (added by the assessment work:
-    /// one patient lookup per record instead of three).
+    /// returns besides is handed back, with the patient's number. For
+    /// `audit::change`, which looks at the log before and after the event
+    /// (added by the assessment work: one patient lookup per record instead
+    /// of three).
     pub(crate) fn apply_with<T>(
         &mut self,
         recorded: &RecordedEvent,
         fold: impl FnOnce(&mut PatientLog, &RuleParameters) -> (bool, T),
-    ) -> T {
+    ) -> (PatientNumber, T) {
         self.events_applied += 1;
         let event = &recorded.event;
         let hash = self
@@ -335,7 +359,7 @@ impl Cohort {
             patient.dirty = true;
             self.dirty.push(slot);
         }
-        value
+        (PatientNumber(slot), value)
     }
 
     /// The report: `all` plus one scope per centre with a registered patient.
@@ -369,6 +393,37 @@ impl Cohort {
             log.registered,
             &analyse(log, &self.parameters),
             &self.parameters,
+        ))
+    }
+
+    /// [`Cohort::patient_summary`] of the patient with this number (`None`
+    /// for a number this cohort has not handed out).
+    pub fn patient_summary_of(&self, number: PatientNumber) -> Option<PatientSummary> {
+        let slot = self.patients.get(number.index())?;
+        let key = PatientKey::new(
+            self.centres[slot.centre as usize].clone(),
+            slot.patient.clone(),
+        );
+        Some(summary_of_analysis(
+            &key,
+            slot.log.registered,
+            &analyse(&slot.log, &self.parameters),
+            &self.parameters,
+        ))
+    }
+
+    /// The number of a patient the cohort has seen an event of.
+    pub fn number_of(&self, key: &PatientKey) -> Option<PatientNumber> {
+        self.slot_of(&key.centre, &key.patient).map(PatientNumber)
+    }
+
+    /// The patient with this number (`None` for a number this cohort has
+    /// not handed out).
+    pub fn key_of(&self, number: PatientNumber) -> Option<PatientKey> {
+        let slot = self.patients.get(number.index())?;
+        Some(PatientKey::new(
+            self.centres[slot.centre as usize].clone(),
+            slot.patient.clone(),
         ))
     }
 
@@ -486,7 +541,7 @@ mod tests {
         RecordedEvent {
             position,
             recorded_at_micros: 0,
-            recorded_by: String::new(),
+            recorded_by: Default::default(),
             event: ndjson::parse_line(&format!("{{{envelope},{body}}}"), today).unwrap(),
         }
     }
@@ -566,7 +621,29 @@ mod tests {
                     prop_assert_eq!(cohort.patient_log(&centre, &patient).is_some(), seen);
                 }
             }
-            prop_assert_eq!(restored.patient_keys().collect::<Vec<_>>(), keys);
+            prop_assert_eq!(&restored.patient_keys().collect::<Vec<_>>(), &keys);
+            // Numbers follow first events, name the same patients after a
+            // restore, and are what `apply_numbered` hands out.
+            for (index, key) in keys.iter().enumerate() {
+                for folded in [&cohort, &restored] {
+                    let number = folded.number_of(key).unwrap();
+                    prop_assert_eq!(number.index(), index);
+                    prop_assert_eq!(&folded.key_of(number), &Some(key.clone()));
+                    prop_assert_eq!(
+                        folded.patient_summary_of(number),
+                        folded.patient_summary(key)
+                    );
+                }
+            }
+            prop_assert!(cohort.key_of(PatientNumber(keys.len() as u32)).is_none());
+            let mut numbered = Cohort::new(RuleParameters::default());
+            for event in &events {
+                let number = numbered.apply_numbered(event);
+                prop_assert_eq!(
+                    numbered.key_of(number),
+                    Some(event.event.patient_key())
+                );
+            }
         }
     }
 
@@ -583,7 +660,7 @@ mod tests {
         RecordedEvent {
             position,
             recorded_at_micros: 0,
-            recorded_by: String::new(),
+            recorded_by: Default::default(),
             event: ndjson::parse_line(&line, today).unwrap(),
         }
     }

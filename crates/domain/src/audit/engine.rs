@@ -1134,7 +1134,7 @@ mod tests {
         RecordedEvent {
             position,
             recorded_at_micros: 0,
-            recorded_by: String::new(),
+            recorded_by: Default::default(),
             event: Event {
                 event_id: EventId::parse(&format!("e-{index}")).unwrap(),
                 centre: Centre::parse("leeds").unwrap(),

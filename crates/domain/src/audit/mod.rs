@@ -20,8 +20,8 @@ pub use assessment::{
     CycleView, InjectedMuscle, PatientAssessment, PatientSummary, SnrGroup, SnrView, Standard,
     StandardFinding, assess_patient,
 };
-pub use change::{AssessmentChange, apply_and_compare};
-pub use cohort::{COHORT_SNAPSHOT_FORMAT, Cohort, CohortSnapshot};
+pub use change::{AssessmentChange, apply_and_compare, apply_and_compare_numbered};
+pub use cohort::{COHORT_SNAPSHOT_FORMAT, Cohort, CohortSnapshot, PatientNumber};
 pub use parameters::{RULE_SET, RuleParameters};
 pub use report::{
     ALL_SCOPE, AuditReport, GroupReport, ScopeReport, SnrReport, StandardResult, StandardsReport,
