@@ -3,6 +3,8 @@
 //! tense; nothing here is ever edited, a mistake is corrected by an
 //! [`EventVoided`].
 
+use compact_str::CompactString;
+
 use crate::{
     date::ClinicalDate,
     ids::{Centre, EventId, PatientKey, Pseudonym},
@@ -425,7 +427,11 @@ pub struct RecordedEvent {
     pub position: u64,
     /// When the log stored it, microseconds since 1970-01-01T00:00:00Z (UTC).
     pub recorded_at_micros: i64,
-    /// The authenticated principal that wrote it.
-    pub recorded_by: String,
+    /// The authenticated principal that wrote it. A [`CompactString`]: a
+    /// replay builds one for every stored event, and a principal of up to
+    /// 24 bytes (all in practice) is then held inline instead of in an
+    /// allocation of its own (`Default::default()` is the empty one,
+    /// `"name".into()` builds one).
+    pub recorded_by: CompactString,
     pub event: Event,
 }

@@ -5,7 +5,8 @@
 //! Each holds a [`CompactString`]: every replay builds the ids of every
 //! stored event, and a centre or pseudonym (up to 24 bytes, i.e. all in
 //! practice) is then stored inline instead of in an allocation of its own.
-//! Event ids (UUIDs, 36 bytes) still allocate.
+//! An event id (a UUID, 36 bytes, in practice) is held inline in 40 bytes
+//! of its own; only one longer than 38 characters allocates.
 
 use std::fmt;
 
@@ -67,8 +68,87 @@ fn ascii_id(text: &[u8], refusal: &str) -> Result<CompactString, String> {
 
 /// The client-chosen id of an event: 1–64 chars of `[A-Za-z0-9._:-]`,
 /// unique across the whole log and case-sensitive.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId(CompactString);
+///
+/// Equality, order and hash are those of its text, as for a `String`.
+#[derive(Clone)]
+pub struct EventId(EventIdText);
+
+/// The longest event id held inline: a UUID (36 characters, what clients
+/// send in practice) fits, so decoding a stored event allocates nothing for
+/// its ids (a `CompactString` holds at most 24 bytes inline, and every
+/// UUID id was an allocation and a free per decoded event).
+const INLINE_EVENT_ID_BYTES: usize = 38;
+
+/// The text of an [`EventId`], already checked to be in its ASCII alphabet.
+#[derive(Clone)]
+enum EventIdText {
+    Inline {
+        length: u8,
+        bytes: [u8; INLINE_EVENT_ID_BYTES],
+    },
+    /// 39 to 64 characters.
+    Heap(Box<str>),
+}
+
+impl EventIdText {
+    /// The text of an id whose bytes are all in [`EVENT_ID_BYTES`] (ASCII,
+    /// so UTF-8) and at most 64 long.
+    fn of_ascii(text: &[u8]) -> Result<Self, String> {
+        if let Ok(length) = u8::try_from(text.len())
+            && text.len() <= INLINE_EVENT_ID_BYTES
+        {
+            let mut bytes = [0; INLINE_EVENT_ID_BYTES];
+            bytes[..text.len()].copy_from_slice(text);
+            return Ok(EventIdText::Inline { length, bytes });
+        }
+        std::str::from_utf8(text)
+            .map(|text| EventIdText::Heap(text.into()))
+            .map_err(|_| "may only contain letters, digits and . _ : -".to_owned())
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes were checked to be ASCII when the id was built, so
+            // this is always the text; the empty fallback cannot happen.
+            EventIdText::Inline { length, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*length)]).unwrap_or_default()
+            }
+            EventIdText::Heap(text) => text,
+        }
+    }
+}
+
+impl PartialEq for EventId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for EventId {}
+
+impl PartialOrd for EventId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EventId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for EventId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EventId").field(&self.as_str()).finish()
+    }
+}
 
 impl EventId {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -89,7 +169,7 @@ impl EventId {
         if !all_bytes_in(text, &EVENT_ID_BYTES) {
             return Err(REFUSAL.to_owned());
         }
-        Ok(Self(ascii_id(text, REFUSAL)?))
+        Ok(Self(EventIdText::of_ascii(text)?))
     }
 
     pub fn as_str(&self) -> &str {
@@ -257,6 +337,39 @@ mod tests {
         assert!(!looks_like_nhs_number("943476591"));
         assert!(Pseudonym::parse("943-476-5919").is_err());
         assert!(Pseudonym::parse("L-0001").is_ok());
+    }
+
+    #[test]
+    fn event_ids_keep_their_text_inline_or_not() {
+        for length in [1, 36, 38, 39, 64] {
+            let text: String = "a1._:-Z".chars().cycle().take(length).collect();
+            let id = EventId::parse(&text).unwrap();
+            assert_eq!(id.as_str(), text);
+            assert_eq!(id.to_string(), text);
+            assert_eq!(format!("{id:?}"), format!("EventId({text:?})"));
+            assert_eq!(
+                matches!(id.0, EventIdText::Inline { .. }),
+                length <= INLINE_EVENT_ID_BYTES
+            );
+        }
+        assert!(std::mem::size_of::<EventId>() <= 40);
+    }
+
+    proptest::proptest! {
+        /// An id compares, orders and hashes as its text does, whether each
+        /// side is held inline or not.
+        #[test]
+        fn event_ids_compare_as_their_texts(
+            left in "[a-c0-1]{1,3}|[a-c0-1]{37,41}",
+            right in "[a-c0-1]{1,3}|[a-c0-1]{37,41}",
+        ) {
+            use std::hash::BuildHasher;
+            let ids = (EventId::parse(&left).unwrap(), EventId::parse(&right).unwrap());
+            proptest::prop_assert_eq!(ids.0 == ids.1, left == right);
+            proptest::prop_assert_eq!(ids.0.cmp(&ids.1), left.cmp(&right));
+            let hasher = std::hash::RandomState::new();
+            proptest::prop_assert_eq!(hasher.hash_one(&ids.0), hasher.hash_one(left.as_str()));
+        }
     }
 
     #[test]

@@ -751,6 +751,14 @@ impl Validator {
     }
 }
 
+/// The `occurred_on` of a stored event (checked as [`validate_stored`]
+/// checks it: `YYYY-MM-DD`, from 1989-01-01, no upper bound), for a reader
+/// of stored records that builds events without a [`RawEvent`]; the error is
+/// the reason the validator gives.
+pub fn parse_stored_date(bytes: &[u8]) -> Result<ClinicalDate, String> {
+    parse_date(bytes, None)
+}
+
 /// Reads `YYYY-MM-DD` (exactly that form) and checks the contract's range:
 /// from 1989-01-01 to today + 1 day, or with no upper bound for a stored
 /// event. Written out by hand because every replay reads one date per event

@@ -189,7 +189,7 @@ fn main() {
                     batch.push(RecordedEvent {
                         position,
                         recorded_at_micros: 0,
-                        recorded_by: String::new(),
+                        recorded_by: Default::default(),
                         event: event.clone(),
                     });
                 }

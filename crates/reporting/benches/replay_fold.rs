@@ -70,7 +70,7 @@ fn decode_for_fold(record: &Record) -> RecordedEvent {
     RecordedEvent {
         position: record.position,
         recorded_at_micros: record.recorded_at_micros,
-        recorded_by: String::new(),
+        recorded_by: Default::default(),
         event: proto::convert::decode_event(&record.payload).unwrap(),
     }
 }

@@ -64,7 +64,7 @@ pub fn import<'line>(lines: impl IntoIterator<Item = &'line str>) -> anyhow::Res
                 imported.events.push(RecordedEvent {
                     position: imported.events.len() as u64 + 1,
                     recorded_at_micros: 1_767_225_600_000_000,
-                    recorded_by: "demo-import".to_owned(),
+                    recorded_by: "demo-import".into(),
                     event,
                 });
             }

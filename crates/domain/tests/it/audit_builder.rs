@@ -89,7 +89,7 @@ impl Log {
         self.events.push(RecordedEvent {
             position: self.events.len() as u64 + 1,
             recorded_at_micros: 0,
-            recorded_by: "test".to_owned(),
+            recorded_by: "test".into(),
             event: Event {
                 event_id: EventId::parse(&event_id).unwrap(),
                 centre: key.centre,

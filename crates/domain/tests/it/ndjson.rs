@@ -65,7 +65,7 @@ fn the_export_form_adds_the_server_fields_first() {
     let recorded = RecordedEvent {
         position: 12,
         recorded_at_micros: 1_764_095_700_123_456,
-        recorded_by: "leeds-clerk".to_owned(),
+        recorded_by: "leeds-clerk".into(),
         event,
     };
     let expected = format!(

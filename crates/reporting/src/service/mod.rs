@@ -263,7 +263,7 @@ fn fold_record(cohort: &mut Cohort, record: &Record) -> Result<(), FollowError> 
     cohort.apply(&domain::RecordedEvent {
         position: record.position,
         recorded_at_micros: record.recorded_at_micros,
-        recorded_by: String::new(),
+        recorded_by: Default::default(),
         event,
     });
     Ok(())

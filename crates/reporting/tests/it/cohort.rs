@@ -25,7 +25,7 @@ impl Log {
         self.events.push(RecordedEvent {
             position: self.events.len() as u64 + 1,
             recorded_at_micros: 0,
-            recorded_by: "test".to_owned(),
+            recorded_by: "test".into(),
             event: Event {
                 event_id: EventId::parse(&event_id).unwrap(),
                 centre: Centre::parse(centre).unwrap(),

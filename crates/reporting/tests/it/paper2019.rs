@@ -26,7 +26,7 @@ fn imported(seed: u64) -> Vec<RecordedEvent> {
             Verdict::Accepted { .. } => events.push(RecordedEvent {
                 position: events.len() as u64 + 1,
                 recorded_at_micros: 0,
-                recorded_by: "golden".to_owned(),
+                recorded_by: "golden".into(),
                 event,
             }),
             Verdict::Duplicate => {}
