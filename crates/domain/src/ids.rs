@@ -175,6 +175,16 @@ impl EventId {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+
+    /// The id's bytes, without checking them again as UTF-8 (what
+    /// [`Self::as_str`] does for an inline id): for hashing an id once per
+    /// folded event (the audit's `id_hash`).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            EventIdText::Inline { length, bytes } => &bytes[..usize::from(*length)],
+            EventIdText::Heap(text) => text.as_bytes(),
+        }
+    }
 }
 
 /// A centre of the network: 2–32 chars of `[a-z0-9-]`; `all` is reserved for
