@@ -28,19 +28,43 @@ const VERSION: &[u8] = b"1 ";
 
 /// Builds the envelopes of one append: one time, usually one principal, so
 /// the line is formatted once and copied in front of every payload.
+///
+/// The wrapped payloads of an append are consecutive pieces of one buffer
+/// (sized by [`Envelopes::with_capacity`]) rather than one allocation each:
+/// the client hands every payload on as a `Bytes` and clones it on the way
+/// out, which for a payload of its own allocation costs a second allocation
+/// (its shared counter), for a piece of a shared buffer only a count.
 #[derive(Debug)]
 pub(crate) struct Envelopes {
     recorded_at_micros: i64,
     /// The principal the line was last built for, and that line.
     line: Option<(String, Vec<u8>)>,
+    /// Where the next wrapped payload is written.
+    buffer: BytesMut,
 }
 
 impl Envelopes {
+    #[cfg(test)]
     pub(crate) fn new(recorded_at_micros: i64) -> Self {
+        Self::with_capacity(recorded_at_micros, 0)
+    }
+
+    /// Envelopes whose first `capacity` bytes (lines and payloads) share one
+    /// buffer; more still works, in a new buffer.
+    pub(crate) fn with_capacity(recorded_at_micros: i64, capacity: usize) -> Self {
         Self {
             recorded_at_micros,
             line: None,
+            buffer: BytesMut::with_capacity(capacity),
         }
+    }
+
+    /// The room [`Envelopes::with_capacity`] needs for `payload_bytes` of
+    /// payloads by `principal` in `records` envelopes (a little more).
+    pub(crate) fn capacity_for(records: usize, payload_bytes: usize, principal: &str) -> usize {
+        // `1 `, at most 20 digits, a space, the principal escaped (at most
+        // three bytes each), the newline.
+        payload_bytes + records * (24 + 3 * principal.len())
     }
 
     /// `payload` with its envelope in front.
@@ -57,10 +81,10 @@ impl Envelopes {
                 &self.line.insert((principal.to_owned(), line)).1
             }
         };
-        let mut wrapped = BytesMut::with_capacity(line.len() + payload.len());
-        wrapped.put_slice(line);
-        wrapped.put_slice(payload);
-        wrapped.freeze()
+        self.buffer.reserve(line.len() + payload.len());
+        self.buffer.put_slice(line);
+        self.buffer.put_slice(payload);
+        self.buffer.split().freeze()
     }
 }
 
@@ -108,6 +132,34 @@ mod tests {
             assert_eq!(opened.recorded_at_micros, 1_790_000_000_123_456);
             assert_eq!(opened.principal, principal);
             assert_eq!(opened.payload.as_ref(), payload);
+        }
+    }
+
+    #[test]
+    fn envelopes_beyond_the_capacity_and_of_other_principals_still_wrap_right() {
+        let payloads: Vec<Vec<u8>> = (0..50).map(|n| vec![b'x'; n * 7]).collect();
+        let total: usize = payloads.iter().map(Vec::len).sum();
+        for capacity in [
+            0,
+            10,
+            Envelopes::capacity_for(50, total, "someone") / 2,
+            Envelopes::capacity_for(50, total, "someone"),
+        ] {
+            let mut envelopes = Envelopes::with_capacity(7, capacity);
+            let wrapped: Vec<(String, Bytes)> = payloads
+                .iter()
+                .enumerate()
+                .map(|(n, payload)| {
+                    let principal = if n % 3 == 0 { "someone" } else { "Dr é" };
+                    (principal.to_owned(), envelopes.wrap(principal, payload))
+                })
+                .collect();
+            for ((principal, wrapped), payload) in wrapped.iter().zip(&payloads) {
+                let opened = open(wrapped).expect("an envelope opens");
+                assert_eq!(&opened.principal, principal);
+                assert_eq!(opened.payload.as_ref(), payload.as_slice());
+                assert_eq!(opened.recorded_at_micros, 7);
+            }
         }
     }
 

@@ -795,7 +795,18 @@ impl JetStreamLog {
 
         // The messages are built as they go out, so the server starts on the
         // first while the client still builds the rest.
-        let mut envelopes = Envelopes::new(now_micros());
+        let payload_bytes: usize = new_records
+            .iter()
+            .map(|&index| batch.records[index].payload.len())
+            .sum();
+        let principal = batch
+            .records
+            .first()
+            .map_or("", |record| record.principal.as_str());
+        let mut envelopes = Envelopes::with_capacity(
+            now_micros(),
+            Envelopes::capacity_for(new_records.len(), payload_bytes, principal),
+        );
         let messages = new_records.iter().enumerate().map(|(slot, &index)| {
             let record = &batch.records[index];
             let mut headers = HeaderMap::new();
