@@ -50,7 +50,10 @@
 //!    the last one it indexed. Connecting catches up over the whole log.
 //!    Every append looks its keys up there first. The keys of a batch this
 //!    instance stored go into the index from the acknowledgement (positions
-//!    and keys are known), so a catch-up reads only other writers' records.
+//!    and keys are known), so a catch-up reads only other writers' records;
+//!    they are filed at the acknowledgement and moved into the maps while a
+//!    later append waits for its own (or at the next catch-up), which the
+//!    argument below covers too (see `key_index.rs`).
 //!
 //! Why this is enough: an append trusts a miss in the index only if a
 //! catch-up *started* less than a quarter of the duplicate window ago
