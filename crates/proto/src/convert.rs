@@ -442,6 +442,14 @@ mod borrowed {
 
     impl<'a> Reader<'a> {
         pub(super) fn varint(&mut self) -> Option<u64> {
+            // Every key and length of a stored event, and most values, are
+            // one byte: read those without the loop.
+            if let Some((&byte, rest)) = self.bytes.split_first()
+                && byte < 0x80
+            {
+                self.bytes = rest;
+                return Some(u64::from(byte));
+            }
             let mut value = 0u64;
             for (index, byte) in self.bytes.iter().enumerate().take(10) {
                 value |= u64::from(byte & 0x7f) << (7 * index);
