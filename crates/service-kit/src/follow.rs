@@ -266,6 +266,20 @@ pub async fn follow_log(
 ) -> Result<(), FollowError> {
     tracing::info!(from_position, "following the event log");
     let mut tail = ReadAhead::start(log.tail_chunks(from_position, FOLD_CHUNK));
+    let outcome = follow_chunks(&mut tail, &checkpointer, shutdown, &mut fold).await;
+    // On every way out, the reader is stopped and gone (the tail it holds
+    // dropped) before the follower returns.
+    tail.stop().await;
+    outcome
+}
+
+/// [`follow_log`]'s loop over the read-ahead chunks.
+async fn follow_chunks(
+    tail: &mut ReadAhead,
+    checkpointer: &Checkpointer,
+    shutdown: Shutdown,
+    fold: &mut impl AsyncFold,
+) -> Result<(), FollowError> {
     let mut timer = tokio::time::interval(CHECKPOINT_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pacing = SavePacing::new();
@@ -276,7 +290,7 @@ pub async fn follow_log(
             () = &mut stop => break,
             _ = timer.tick() => {
                 if pacing.due() {
-                    pacing.save(&checkpointer, fold.snapshotter()).await?;
+                    pacing.save(checkpointer, fold.snapshotter()).await?;
                 }
             }
             chunk = tail.next() => {
@@ -301,7 +315,7 @@ pub async fn follow_log(
 const READ_AHEAD_CHUNKS: usize = 1;
 
 /// The log's chunks, read by a task of their own one chunk ahead of the
-/// fold: the next chunk is read (on a blocking thread) while this one is
+/// fold: the next chunk is read (by the embedded log on a blocking thread, by JetStream from its consumer) while this one is
 /// folded, so a follower's time is its fold's, not its reads' plus its
 /// fold's. A rebuild of two services on two cores was two strict chains
 /// of read-then-fold, neither of which could use a core the other left
@@ -314,7 +328,8 @@ const READ_AHEAD_CHUNKS: usize = 1;
 /// holding the log).
 struct ReadAhead {
     chunks: tokio::sync::mpsc::Receiver<Result<Vec<Record>, eventlog::LogError>>,
-    reader: tokio::task::JoinHandle<()>,
+    /// `None` once the reader was awaited (it ended, or was stopped).
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ReadAhead {
@@ -329,18 +344,56 @@ impl ReadAhead {
                 }
             }
         });
-        Self { chunks, reader }
+        Self {
+            chunks,
+            reader: Some(reader),
+        }
     }
 
-    /// The next chunk, or `None` when the tail ended.
+    /// The next chunk, or `None` when the tail ended. A panic of the tail
+    /// (in the reader) is resumed here, so it reaches the follower as it
+    /// did when the tail was read inline, instead of looking like the
+    /// tail's end.
     async fn next(&mut self) -> Option<Result<Vec<Record>, eventlog::LogError>> {
-        self.chunks.recv().await
+        let chunk = self.chunks.recv().await;
+        if chunk.is_none()
+            && let Some(reader) = &mut self.reader
+        {
+            // Awaited through a reference, so a follower that drops this
+            // future (another `select!` branch won) awaits it again next time.
+            let ended = reader.await;
+            self.reader = None;
+            resume_if_panicked(ended);
+        }
+        chunk
+    }
+
+    /// Stops the reader and waits until it is gone (its tail dropped).
+    async fn stop(mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+            resume_if_panicked(reader.await);
+        }
+    }
+}
+
+/// Resumes the reader's panic, if it panicked; a reader that ended or was
+/// cancelled is simply gone.
+fn resume_if_panicked(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
     }
 }
 
 impl Drop for ReadAhead {
+    /// A read-ahead dropped without [`ReadAhead::stop`] (its follower's
+    /// future was dropped) still stops its reader.
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
@@ -358,7 +411,7 @@ pub trait AsyncFold: Send {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::sync::Arc;
 
@@ -415,11 +468,47 @@ mod tests {
         let mut chunks = ReadAhead::start(tail);
         assert!(chunks.next().await.unwrap().is_ok());
         assert_eq!(Arc::strong_count(&held), 2);
-        let reader = chunks.reader.abort_handle();
-        drop(chunks);
-        while !reader.is_finished() {
-            tokio::task::yield_now().await;
-        }
+        chunks.stop().await;
         assert_eq!(Arc::strong_count(&held), 1);
+    }
+
+    /// Dropped without `stop` (its follower's future dropped), it still
+    /// stops its reader.
+    #[tokio::test]
+    async fn a_dropped_read_ahead_stops_its_reader() {
+        let tail = futures::stream::pending().boxed();
+        let chunks = ReadAhead::start(tail);
+        let reader = chunks.reader.as_ref().unwrap().abort_handle();
+        drop(chunks);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !reader.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the reader was not stopped");
+    }
+
+    /// A tail that panics makes the follower panic, as reading it inline
+    /// did, instead of ending as if the tail had.
+    #[tokio::test]
+    async fn a_panic_of_the_tail_reaches_the_follower() {
+        let tail = futures::stream::once(async { Ok(vec![record(1)]) })
+            .chain(futures::stream::poll_fn(
+                |_| -> std::task::Poll<Option<Result<Vec<Record>, LogError>>> {
+                    panic!("the tail broke")
+                },
+            ))
+            .boxed();
+        let follower = tokio::spawn(async move {
+            let mut chunks = ReadAhead::start(tail);
+            let mut seen = 0;
+            while let Some(chunk) = chunks.next().await {
+                seen += chunk.unwrap().len();
+            }
+            seen
+        });
+        let ended = follower.await.unwrap_err();
+        assert!(ended.is_panic(), "{ended:?}");
     }
 }
