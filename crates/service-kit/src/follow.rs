@@ -315,17 +315,17 @@ async fn follow_chunks(
 const READ_AHEAD_CHUNKS: usize = 1;
 
 /// The log's chunks, read by a task of their own one chunk ahead of the
-/// fold: the next chunk is read (by the embedded log on a blocking thread, by JetStream from its consumer) while this one is
-/// folded, so a follower's time is its fold's, not its reads' plus its
-/// fold's. A rebuild of two services on two cores was two strict chains
+/// fold: the next chunk is read (by the embedded log on a blocking thread,
+/// by JetStream from its consumer) while this one is folded, so a
+/// follower's time is its fold's, not its reads' plus its fold's. A rebuild of two services on two cores was two strict chains
 /// of read-then-fold, neither of which could use a core the other left
 /// idle (the reads were ~a fifth of each chain).
 ///
 /// Chunks come in the tail's order, and an error after the chunks read
 /// before it, so the follower sees what reading inline saw. The reading
-/// task ends when the tail does or when this is dropped (it is aborted: a
-/// tail at the head would otherwise wait for the next record forever,
-/// holding the log).
+/// task ends when the tail does, or when [`ReadAhead::stop`] or a drop
+/// aborts it (a tail at the head would otherwise wait for the next record
+/// forever, holding the log).
 struct ReadAhead {
     chunks: tokio::sync::mpsc::Receiver<Result<Vec<Record>, eventlog::LogError>>,
     /// `None` once the reader was awaited (it ended, or was stopped).
