@@ -452,6 +452,11 @@ mod borrowed {
             }
             let mut value = 0u64;
             for (index, byte) in self.bytes.iter().enumerate().take(10) {
+                // The tenth byte holds the 64th bit only; more is an
+                // overlong varint, which prost refuses too.
+                if index == 9 && *byte > 1 {
+                    return None;
+                }
                 value |= u64::from(byte & 0x7f) << (7 * index);
                 if byte & 0x80 == 0 {
                     self.bytes = &self.bytes[index + 1..];
@@ -917,6 +922,25 @@ pub fn recorded_from_parts(
 
 #[cfg(test)]
 mod tests {
+    /// A varint of ten bytes carries 64 bits: the tenth may be 0 or 1, as
+    /// prost reads it; anything more is refused, by both.
+    #[test]
+    fn the_record_reader_refuses_an_overlong_varint_as_prost_does() {
+        let mut longest = [0xff_u8; 10];
+        longest[9] = 0x01;
+        let mut reader = super::borrowed::Reader { bytes: &longest };
+        assert_eq!(reader.varint(), Some(u64::MAX));
+        assert!(reader.bytes.is_empty());
+        assert_eq!(
+            prost::encoding::decode_varint(&mut &longest[..]).ok(),
+            Some(u64::MAX)
+        );
+        let mut overlong = longest;
+        overlong[9] = 0x02;
+        assert_eq!(super::borrowed::Reader { bytes: &overlong }.varint(), None);
+        assert!(prost::encoding::decode_varint(&mut &overlong[..]).is_err());
+    }
+
     use super::*;
 
     fn today() -> ClinicalDate {
