@@ -118,9 +118,12 @@ impl EventIdText {
     }
 }
 
+// Equality, order and hash go by the bytes, which are the text's (ASCII),
+// in the text's order, so they are those of the text without checking an
+// inline id's bytes as UTF-8 again on every comparison.
 impl PartialEq for EventId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -134,13 +137,15 @@ impl PartialOrd for EventId {
 
 impl Ord for EventId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl std::hash::Hash for EventId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // What `str`'s hash writes: the bytes, then 0xff.
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
