@@ -420,8 +420,13 @@ impl Projection {
             // A patient the cohort does not hold has no assessment to
             // publish (nor did they before patients were numbered: their
             // change was dropped when published).
-            if let Some(number) = cohort.number_of(&key) {
-                pending.note(number, changed_at);
+            match cohort.number_of(&key) {
+                Some(number) => pending.note(number, changed_at),
+                None => tracing::warn!(
+                    %centre,
+                    %patient,
+                    "a pending change in the checkpoint names a patient the cohort does not hold; dropped"
+                ),
             }
         }
         Ok(Self {

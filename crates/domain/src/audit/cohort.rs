@@ -326,8 +326,10 @@ impl Cohort {
         self.apply_with(recorded, |log, _| (log.apply(recorded), ()));
     }
 
-    /// [`Cohort::apply`], telling the number of the event's patient.
-    pub fn apply_numbered(&mut self, recorded: &RecordedEvent) -> PatientNumber {
+    /// [`Cohort::apply`], telling the number of the event's patient (the
+    /// numbering's property test; services use `apply_and_compare_numbered`).
+    #[cfg(test)]
+    fn apply_numbered(&mut self, recorded: &RecordedEvent) -> PatientNumber {
         self.apply_with(recorded, |log, _| (log.apply(recorded), ()))
             .0
     }

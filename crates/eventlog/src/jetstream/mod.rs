@@ -732,7 +732,12 @@ impl JetStreamLog {
                 key_index.settle();
             }
             // Own keys waiting behind another writer's records take memory
-            // until a catch-up reads those: bound them.
+            // until a catch-up reads those: bound them. Keys that only wait
+            // for a settle (a later append's, skipped when it found the
+            // index locked) are settled first, without a round trip.
+            if key_index.own_waiting() > MAX_OWN_KEYS_WAITING {
+                key_index.settle();
+            }
             if key_index.own_waiting() > MAX_OWN_KEYS_WAITING
                 && let Err(error) = self.catch_up_locked(&mut key_index).await
             {
