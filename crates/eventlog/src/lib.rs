@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod jetstream;
 pub mod nats_auth;
 pub mod network;
+mod pass_through;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use jetstream::{BatchMode, JetStreamLog, JetStreamOptions};

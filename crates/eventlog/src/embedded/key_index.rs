@@ -12,43 +12,14 @@
 //! records). Positions beyond `u32::MAX` go to a full-hash u64 → u64 table.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
+
+pub(crate) use crate::pass_through::PassThroughBuild;
 
 /// The hash of a key, as the index stores it.
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
-
-/// A hasher for keys that are already uniform 64-bit hashes: passes them
-/// through instead of hashing them again.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed with this hasher; fold anything else in so
-        // that the hasher stays correct if that ever changes.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        // Spread the fingerprint over all 64 bits: the table takes its
-        // control byte from the top bits and its bucket from the bottom ones.
-        self.0 = u64::from(value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-pub(crate) type PassThroughBuild = BuildHasherDefault<PassThroughHasher>;
 
 /// A fast hasher for short text (stream names) on the append path: XXH3
 /// with a per-process random seed, so crafted names cannot aim at one bucket.

@@ -29,41 +29,19 @@
 //! catches such a key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::pass_through::PassThroughBuild;
 
 /// The hash of a key in one index (see [`KeyIndex::hash`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyHash(pub(crate) u64);
 
-/// The maps of the index are keyed by a key's hash, which is a hash already:
-/// hashing it again (SipHash, std's default) cost more than the look-up
-/// itself in the profile of an append (each record is looked up before it is
-/// published and inserted after). This hasher passes the value through.
-#[derive(Debug, Default)]
-pub(crate) struct AlreadyHashed(u64);
-
-impl Hasher for AlreadyHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64`s are hashed here; fold anything else in anyway.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
 /// A map keyed by a key's hash ([`KeyHash`]).
-pub(crate) type HashedMap<V> = HashMap<u64, V, BuildHasherDefault<AlreadyHashed>>;
+pub(crate) type HashedMap<V> = HashMap<u64, V, PassThroughBuild>;
 
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
