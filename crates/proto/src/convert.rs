@@ -716,34 +716,35 @@ mod straight {
             Some(())
         }
 
-        /// A string field, when it comes next (proto3 writes no empty one).
-        fn text(&mut self, number: u64) -> Option<Option<&'a [u8]>> {
-            if !self.take(number, LENGTH_DELIMITED)? {
+        /// The field `number` of the `wire` type, when it comes next, read
+        /// by `read`; the cursor then moves past it.
+        fn field<T>(
+            &mut self,
+            number: u64,
+            wire: u8,
+            read: impl FnOnce(&mut Reader<'a>) -> Option<T>,
+        ) -> Option<Option<T>> {
+            if !self.take(number, wire)? {
                 return Some(None);
             }
-            let bytes = self.reader.length_delimited()?;
+            let value = read(&mut self.reader)?;
             self.advance()?;
-            Some(Some(bytes))
+            Some(Some(value))
+        }
+
+        /// A string field, when it comes next (proto3 writes no empty one).
+        fn text(&mut self, number: u64) -> Option<Option<&'a [u8]>> {
+            self.field(number, LENGTH_DELIMITED, Reader::length_delimited)
         }
 
         /// A varint field, when it comes next.
         fn varint(&mut self, number: u64) -> Option<Option<u64>> {
-            if !self.take(number, VARINT)? {
-                return Some(None);
-            }
-            let value = self.reader.varint()?;
-            self.advance()?;
-            Some(Some(value))
+            self.field(number, VARINT, Reader::varint)
         }
 
         /// A fixed64 field, when it comes next.
         fn fixed64(&mut self, number: u64) -> Option<Option<u64>> {
-            if !self.take(number, FIXED64)? {
-                return Some(None);
-            }
-            let value = self.reader.fixed64()?;
-            self.advance()?;
-            Some(Some(value))
+            self.field(number, FIXED64, Reader::fixed64)
         }
 
         /// The message is read whole: nothing is left.
