@@ -28,6 +28,10 @@
 //! client) and nats-server's apart (from `/proc`, in clock ticks of 10 ms
 //! summed over all rounds, outside the timed part): on 2 shared CPUs the
 //! client's CPU is time the server does not get.
+//! `JETSTREAM_BENCH_ATOMIC_SIZES=100,250,500,1000` instead times raw atomic
+//! batches of those sizes (the contract's headers only, no backend) against
+//! plain publishes and splits the server's time into a part per batch and a
+//! part per record (see `atomic_batch_sizes`): the bound on any atomic append.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -278,11 +282,15 @@ async fn publish_raw_with_headers(
 /// The payloads as one atomic batch, acknowledged once, at the commit, with
 /// the key as message id, the batch headers and the metadata headers of
 /// `which` ([`RawHeaders::MessageId`]: nothing but what the contract demands).
+///
+/// Returns how long it took to hand the last message (the commit) to the
+/// client; the acknowledgement comes after that.
 async fn publish_raw_atomic_batch(
     raw: &jetstream::Context,
     batch: Vec<NewRecord>,
     which: RawHeaders,
-) {
+) -> Duration {
+    let started = Instant::now();
     let client = raw.client();
     let inbox = client.new_inbox();
     let batch_id = inbox.rsplit('.').next().unwrap_or("batch").to_owned();
@@ -311,8 +319,9 @@ async fn publish_raw_atomic_batch(
             );
         }
     }
+    let handed_over = started.elapsed();
     match replies.next().await {
-        Some(reply) if reply.payload.windows(5).any(|window| window == b"count") => {}
+        Some(reply) if reply.payload.windows(5).any(|window| window == b"count") => handed_over,
         other => panic!("the raw atomic batch was not committed: {other:?}"),
     }
 }
@@ -464,6 +473,81 @@ fn print_ratio(what: &str, backend: f64, raw: f64) {
     );
 }
 
+/// The middle value (the upper one of an even count); sorts `values`.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The line `y = a + b x` closest to `points` by least squares: `(a, b)`.
+fn least_squares(points: &[(f64, f64)]) -> (f64, f64) {
+    let count = points.len() as f64;
+    let (sum_x, sum_y) = points
+        .iter()
+        .fold((0.0, 0.0), |(x, y), point| (x + point.0, y + point.1));
+    let (sum_xx, sum_xy) = points.iter().fold((0.0, 0.0), |(xx, xy), point| {
+        (xx + point.0 * point.0, xy + point.0 * point.1)
+    });
+    let slope = (count * sum_xy - sum_x * sum_y) / (count * sum_xx - sum_x * sum_x);
+    ((sum_y - slope * sum_x) / count, slope)
+}
+
+/// `JETSTREAM_BENCH_ATOMIC_SIZES=100,250,500,1000`: where a raw atomic
+/// batch's time goes, with no backend at all and only the headers the
+/// contract demands (`Nats-Msg-Id` and the batch headers). Round after round,
+/// one batch of each size and one plain raw publish of 1000 (so a change in
+/// load hits every line alike); for each size the median time until every
+/// message was handed to the client and until the acknowledgement, and a
+/// least-squares line through the acknowledgement medians, which splits the
+/// server's time into a part per batch and a part per record. Nothing of
+/// nats-server's work on a batch can overlap with the next batch of the same
+/// caller, so this bounds any single caller's atomic appends.
+async fn atomic_batch_sizes(setup: &Setup, numbers: &AtomicU64, sizes: &[usize], rounds: usize) {
+    let mut handed_over = vec![Vec::with_capacity(rounds); sizes.len()];
+    let mut acknowledged = vec![Vec::with_capacity(rounds); sizes.len()];
+    let mut plain = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        for (at, &size) in sizes.iter().enumerate() {
+            let mut batch = records(numbers);
+            batch.truncate(size);
+            let started = Instant::now();
+            let handed = publish_raw_atomic_batch(&setup.raw, batch, RawHeaders::MessageId).await;
+            acknowledged[at].push(started.elapsed().as_secs_f64());
+            handed_over[at].push(handed.as_secs_f64());
+        }
+        let batch = records(numbers);
+        let started = Instant::now();
+        publish_raw(&setup.raw, batch).await;
+        plain.push(started.elapsed().as_secs_f64());
+    }
+    let plain_rate = BATCH_RECORDS as f64 / median(&mut plain);
+    println!(
+        "plain raw async publish, 1000 in flight: {plain_rate:.0} records/s ({rounds} rounds)"
+    );
+    let mut points = Vec::with_capacity(sizes.len());
+    for (at, &size) in sizes.iter().enumerate() {
+        let handed = median(&mut handed_over[at]);
+        let acked = median(&mut acknowledged[at]);
+        points.push((size as f64, acked));
+        let rate = size as f64 / acked;
+        println!(
+            "raw atomic batch of {size}: all handed to the client after {:.2} ms, acknowledged after {:.2} ms ({:.2} ms after the last); {rate:.0} records/s, {:.0}% of plain",
+            1e3 * handed,
+            1e3 * acked,
+            1e3 * (acked - handed),
+            100.0 * rate / plain_rate
+        );
+    }
+    if points.len() >= 2 {
+        let (per_batch, per_record) = least_squares(&points);
+        println!(
+            "acknowledgement time, least squares over the sizes: {:.2} ms per batch + {:.2} us per record",
+            1e3 * per_batch,
+            1e6 * per_record
+        );
+    }
+}
+
 /// Both sides and their ratio, measured alternately in one run.
 fn summary(_criterion: &mut Criterion) {
     let runtime = runtime();
@@ -476,6 +560,23 @@ fn summary(_criterion: &mut Criterion) {
         // For profiling or comparing a few sides (see the module doc):
         // JETSTREAM_BENCH_SIDES=<indexes into SIDES, comma-separated> runs
         // only those, JETSTREAM_BENCH_ROUNDS rounds (default 2000 then).
+        if let Ok(sizes) = std::env::var("JETSTREAM_BENCH_ATOMIC_SIZES") {
+            let sizes: Vec<usize> = sizes
+                .split(',')
+                .filter_map(|size| size.trim().parse().ok())
+                .filter(|size| (2..=BATCH_RECORDS).contains(size))
+                .collect();
+            assert!(
+                !sizes.is_empty(),
+                "JETSTREAM_BENCH_ATOMIC_SIZES takes sizes from 2 to {BATCH_RECORDS}, comma-separated"
+            );
+            let rounds = std::env::var("JETSTREAM_BENCH_ROUNDS")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(300);
+            atomic_batch_sizes(&setup, &numbers, &sizes, rounds).await;
+            return;
+        }
         let only: Option<Vec<usize>> = std::env::var("JETSTREAM_BENCH_SIDES")
             .ok()
             .map(|value| value.split(',').filter_map(|index| index.trim().parse().ok()).collect());
@@ -550,7 +651,7 @@ fn summary(_criterion: &mut Criterion) {
                         publish_raw_with_headers(&setup.raw, batch, *which).await
                     }
                     Side::RawAtomic(which) => {
-                        publish_raw_atomic_batch(&setup.raw, batch, *which).await
+                        publish_raw_atomic_batch(&setup.raw, batch, *which).await;
                     }
                 }
                 times.push(started.elapsed().as_secs_f64());
