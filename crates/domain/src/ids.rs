@@ -57,6 +57,20 @@ fn characters(text: &[u8]) -> usize {
     String::from_utf8_lossy(text).chars().count()
 }
 
+/// Why a text whose length in bytes is outside `minimum..=maximum` is
+/// refused: its length in characters when that is outside too, else its
+/// alphabet (`alphabet_refusal`): only a non-ASCII character makes a text
+/// longer in bytes than in characters, and none is allowed, so "must be 1
+/// to 64 characters, got 40" would contradict itself.
+fn length_refusal(text: &[u8], minimum: usize, maximum: usize, alphabet_refusal: &str) -> String {
+    let count = characters(text);
+    if (minimum..=maximum).contains(&count) {
+        alphabet_refusal.to_owned()
+    } else {
+        format!("must be {minimum} to {maximum} characters, got {count}")
+    }
+}
+
 /// The id of bytes already found to be in an ASCII alphabet, so always
 /// UTF-8; `refusal` is the alphabet's reason, for the case that cannot
 /// happen.
@@ -166,10 +180,7 @@ impl EventId {
     pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
         const REFUSAL: &str = "may only contain letters, digits and . _ : -";
         if text.is_empty() || text.len() > 64 {
-            return Err(format!(
-                "must be 1 to 64 characters, got {}",
-                characters(text)
-            ));
+            return Err(length_refusal(text, 1, 64, REFUSAL));
         }
         if !all_bytes_in(text, &EVENT_ID_BYTES) {
             return Err(REFUSAL.to_owned());
@@ -207,10 +218,7 @@ impl Centre {
     pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
         const REFUSAL: &str = "may only contain lowercase letters, digits and -";
         if text.len() < 2 || text.len() > 32 {
-            return Err(format!(
-                "must be 2 to 32 characters, got {}",
-                characters(text)
-            ));
+            return Err(length_refusal(text, 2, 32, REFUSAL));
         }
         if !all_bytes_in(text, &CENTRE_BYTES) {
             return Err(REFUSAL.to_owned());
@@ -241,10 +249,7 @@ impl Pseudonym {
     pub fn parse_bytes(text: &[u8]) -> Result<Self, String> {
         const REFUSAL: &str = "may only contain letters, digits and . _ -";
         if text.is_empty() || text.len() > 64 {
-            return Err(format!(
-                "must be 1 to 64 characters, got {}",
-                characters(text)
-            ));
+            return Err(length_refusal(text, 1, 64, REFUSAL));
         }
         if !all_bytes_in(text, &PSEUDONYM_BYTES) {
             return Err(REFUSAL.to_owned());

@@ -35,14 +35,32 @@ pub fn parse_line(line: &str, today: ClinicalDate) -> Result<Event, Refusal> {
 /// JSON types are recorded in the raw event for [`validate`] to report).
 /// Fails only when the line is not one JSON object.
 pub fn raw_of_line(line: &str) -> Result<RawEvent<Cow<'_, str>>, Refusal> {
+    if line.starts_with('\u{feff}') {
+        return Err(Refusal::single(
+            "line",
+            "starts with a byte order mark (U+FEFF): save the file as UTF-8 without a BOM",
+        ));
+    }
     let json: Json<'_> = serde_json::from_str(line)
-        .map_err(|error| Refusal::single("line", format!("is not valid JSON: {error}")))?;
+        .map_err(|error| Refusal::single("line", json_error_reason(&error)))?;
     match json {
         Json::Object(members) => Ok(raw_of_members(members)),
         other => Err(Refusal::single(
             "line",
             format!("must be one JSON object, not {}", other.kind()),
         )),
+    }
+}
+
+/// Why a line is not JSON, placed by its column: serde_json places an error
+/// at "line 1 column N" of the one line it was given, which next to the
+/// file's own line number (`FILE:57: line: ...`) reads as another line.
+fn json_error_reason(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&position) {
+        Some(message) => format!("is not valid JSON: {message} at column {}", error.column()),
+        None => format!("is not valid JSON: {text}"),
     }
 }
 
@@ -258,6 +276,10 @@ fn write_json_string(out: &mut String, value: &str) {
     }
     out.push('"');
 }
+
+/// 2^63, the first number beyond every i64: a float at or beyond it (or
+/// below its negative) is out of every integer range of the contract.
+const TWO_TO_THE_63: f64 = 9_223_372_036_854_775_808.0;
 
 /// Why a `null` is refused, for every field.
 const NULL_REASON: &str = "null is not allowed: leave an optional field out instead";
@@ -499,6 +521,15 @@ fn integer_field(value: Result<Json<'_>, String>) -> RawField<i64> {
     match value {
         Ok(Json::Integer(integer)) => RawField::Present(integer),
         Ok(Json::LargeInteger(integer)) => RawField::Malformed(format!("{integer} is too large")),
+        // serde_json reads an integer literal beyond u64 (or below i64) as a
+        // float; what matters then is that it is beyond every range of the
+        // contract, and its float value is not what was written.
+        Ok(Json::Float(number)) if number >= TWO_TO_THE_63 => {
+            RawField::Malformed("is too large".to_owned())
+        }
+        Ok(Json::Float(number)) if number < -TWO_TO_THE_63 => {
+            RawField::Malformed("is too small".to_owned())
+        }
         Ok(Json::Float(number)) => RawField::Malformed(format!(
             "must be an integer literal (like 200, not 200.0), got {number}"
         )),

@@ -679,3 +679,87 @@ fn void_target_is_a_well_formed_event_id() {
         "may only contain",
     );
 }
+
+// Reasons an integration engineer can act on (acceptance review, session 6)
+
+/// A short id of non-ASCII characters is too long in bytes but not in
+/// characters: "must be 1 to 64 characters, got 40" contradicted itself.
+#[test]
+fn a_short_id_of_non_ascii_characters_is_refused_for_its_alphabet_not_its_length() {
+    let line = valid("referral_made");
+    for (field, text) in [
+        ("event_id", "é".repeat(40)),
+        ("patient", "é".repeat(40)),
+        ("centre", "é".repeat(17)),
+    ] {
+        let found = reasons(&with(line.clone(), field, json!(text)));
+        assert_reason(&found, field, "may only contain");
+        assert!(
+            !found
+                .iter()
+                .any(|reason| reason.reason.contains("characters, got")),
+            "{found:#?}"
+        );
+    }
+    // Too many characters is still a length refusal.
+    assert_refused(
+        &with(line, "event_id", json!("é".repeat(65))),
+        "event_id",
+        "1 to 64 characters, got 65",
+    );
+}
+
+/// An integer literal beyond every range (serde_json reads it as a float)
+/// was refused as "must be an integer literal (like 200, not 200.0), got
+/// 100000000000000000000000": it is one, and that is not what was written.
+#[test]
+fn an_integer_literal_beyond_every_range_is_too_large_not_a_non_integer() {
+    let base = valid("injection_administered").to_string();
+    let huge = base.replace(
+        "\"total_units\":200",
+        "\"total_units\":99999999999999999999999",
+    );
+    let found = reasons_of_text(&huge);
+    assert_reason(&found, "total_units", "too large");
+    assert!(
+        !found
+            .iter()
+            .any(|reason| reason.reason.contains("integer literal")),
+        "{found:#?}"
+    );
+    let tiny = base.replace(
+        "\"total_units\":200",
+        "\"total_units\":-99999999999999999999999",
+    );
+    assert_reason(&reasons_of_text(&tiny), "total_units", "too small");
+    // A fraction is still not an integer literal.
+    let fraction = base.replace("\"total_units\":200", "\"total_units\":200.5");
+    assert_reason(
+        &reasons_of_text(&fraction),
+        "total_units",
+        "integer literal",
+    );
+}
+
+/// Each line is parsed alone, so serde_json's position always said "line 1"
+/// whatever the file's line: `FILE:57: line: ... at line 1 column 12`.
+#[test]
+fn a_syntax_error_names_its_column_not_a_line_of_its_own() {
+    let found = reasons_of_text(r#"{"event_id":"e-1","#);
+    assert_reason(&found, "line", "not valid JSON");
+    assert_reason(&found, "line", "at column 18");
+    assert!(
+        !found.iter().any(|reason| reason.reason.contains("line 1")),
+        "{found:#?}"
+    );
+}
+
+/// A byte order mark (what some Windows tools put before UTF-8 text) was
+/// refused as "expected value at line 1 column 1", which does not say what
+/// to fix.
+#[test]
+fn a_byte_order_mark_is_refused_by_name() {
+    let line = format!("\u{feff}{}", valid("referral_made"));
+    let found = reasons_of_text(&line);
+    assert_reason(&found, "line", "byte order mark");
+}
