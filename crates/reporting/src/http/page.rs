@@ -228,10 +228,16 @@ fn pathway_html(scope: &ScopeReport) -> String {
 }
 
 /// The class of a proportion against its target: met, near, far or n/a.
+/// Met is judged on the exact proportion (numerator / denominator at least
+/// target / 100), not on the rounded percentage shown: 199/200 shows as
+/// 100% but one patient missed a 100% target. Near and far only band what
+/// is shown.
 fn standing(numerator: u64, denominator: u64, target: u64) -> &'static str {
+    let reaches_target =
+        u128::from(numerator) * 100 >= u128::from(target) * u128::from(denominator);
     match percent(numerator, denominator) {
         None => "na",
-        Some(pct) if pct >= u128::from(target) => "met",
+        Some(_) if reaches_target => "met",
         Some(pct) if pct >= 75 => "near",
         Some(_) => "far",
     }
@@ -593,6 +599,31 @@ mod tests {
                 r#"<span data-metric="no_response.resistance_confirmed">0/0 (n/a)</span>"#
             )
         );
+    }
+
+    /// A standard's target is 100%: 199/200 shows as "100%" (rounded half
+    /// up, as rules.md asks) but one patient missed it, so it must not be
+    /// coloured as met; only an exact 200/200 is.
+    #[test]
+    fn a_standard_is_met_only_when_its_exact_proportion_reaches_the_target() {
+        assert_eq!(standing(199, 200, 100), "near");
+        assert_eq!(standing(200, 200, 100), "met");
+        assert_eq!(standing(0, 0, 100), "na");
+        let mut scope = ScopeReport::default();
+        scope.standards.bnn_2.numerator = 199;
+        scope.standards.bnn_2.denominator = 200;
+        let report = AuditReport {
+            rule_set: "bnn-2016/v1".into(),
+            parameters: None,
+            scopes: [("all".to_owned(), scope)].into_iter().collect(),
+        };
+        let standards = standards_html(&report, &scope);
+        assert!(standards.contains(r#"<tr class="near"><td class="id">BNN-2</td>"#));
+        assert!(standards.contains(r#"data-metric="standard.BNN-2.percent">100%<"#));
+        let centres = centres_html(&report);
+        assert!(centres.contains(
+            r#"<td class="num cell-near"><span class="pill">100%</span><small>199/200</small>"#
+        ));
     }
 
     #[test]
