@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context;
 use domain::{
-    ClinicalDate, FieldError,
+    ClinicalDate, FieldError, Refusal,
     admission::{Admission, Verdict, WriterScope},
 };
 use eventlog::{AppendBatch, AppendOutcome, EventLog, NewRecord};
@@ -121,6 +121,13 @@ fn check_files(
     for (file_index, path) in files.iter().enumerate() {
         for_each_line(path, &progress, |line_number, line| {
             let line_ref = (file_index, line_number);
+            let line = match line {
+                Ok(line) => line,
+                Err(refusal) => {
+                    report_refusal(&mut plan, line_ref, path, &refusal.reasons, &progress);
+                    return;
+                }
+            };
             match admission
                 .check_line_and_apply(line, today, &WriterScope::AnyCentre)
                 .verdict
@@ -196,7 +203,7 @@ fn append_files(
             if failure.is_some() || plan.skip.contains(&(file_index, line_number)) {
                 return;
             }
-            let event = match domain::ndjson::parse_line(line, today) {
+            let event = match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 Ok(event) => event,
                 // The first pass accepted this very line: the file changed under us.
                 Err(refusal) => {
@@ -245,30 +252,52 @@ async fn append(log: &dyn EventLog, records: Vec<NewRecord>) -> anyhow::Result<u
 }
 
 /// Calls `visit(line_number, line)` for every non-blank line of `path`;
-/// line numbers count every physical line from 1.
+/// line numbers count every physical line from 1. A line that is not UTF-8
+/// is bad input on that line, not an unreadable file: it is visited as the
+/// refusal that says so, and the lines after it are still read.
 pub(super) fn for_each_line(
     path: &Path,
     progress: &ProgressBar,
-    mut visit: impl FnMut(u64, &str),
+    mut visit: impl FnMut(u64, Result<&str, Refusal>),
 ) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, progress.wrap_read(file));
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut line_number = 0_u64;
     loop {
         line.clear();
         let read = reader
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .with_context(|| format!("reading {} after line {line_number}", path.display()))?;
         if read == 0 {
             return Ok(());
         }
         line_number += 1;
-        let content = line.trim_end_matches(['\n', '\r']);
-        if !content.trim().is_empty() {
-            visit(line_number, content);
+        while line
+            .last()
+            .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+        {
+            line.pop();
+        }
+        match std::str::from_utf8(&line) {
+            Ok(content) if content.trim().is_empty() => {}
+            Ok(content) => visit(line_number, Ok(content)),
+            Err(error) => visit(line_number, Err(not_utf8(&line, &error))),
         }
     }
+}
+
+/// Why a line that is not UTF-8 is refused, naming its first bad byte.
+fn not_utf8(line: &[u8], error: &std::str::Utf8Error) -> Refusal {
+    let at = error.valid_up_to();
+    let byte = line.get(at).copied().unwrap_or_default();
+    Refusal::single(
+        "line",
+        format!(
+            "is not UTF-8 text: byte {} (0x{byte:02x}) is not valid UTF-8; save the file as UTF-8",
+            at + 1
+        ),
+    )
 }
 
 /// A progress bar over the files' bytes, drawn only when stderr is a terminal.

@@ -84,7 +84,7 @@ pub fn import(
     let quiet = ProgressBar::hidden();
     for path in files {
         for_each_line(path, &quiet, |line_number, line| {
-            if let Err(refusal) = domain::ndjson::parse_line(line, today) {
+            if let Err(refusal) = line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 totals.refused += 1;
                 for reason in &refusal.reasons {
                     println!("{}:{line_number}: {reason}", path.display());
@@ -110,7 +110,7 @@ pub fn import(
             if stopped.is_some() {
                 return;
             }
-            let Ok(event) = domain::ndjson::parse_line(line, today) else {
+            let Ok(event) = line.and_then(|line| domain::ndjson::parse_line(line, today)) else {
                 return;
             };
             batch.push(((file_index, line_number), proto::v1::Event::from(&event)));

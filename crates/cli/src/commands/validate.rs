@@ -1,10 +1,14 @@
 //! `toxaudit validate FILE...`: checks each line of NDJSON event files against
 //! the contract (events.md) without touching a log, and prints every refusal
-//! as `FILE:LINE: field: reason`.
+//! as `FILE:LINE: field: reason`. Lines are read as `import` reads them
+//! ([`super::import::for_each_line`]), so both number and refuse alike (a
+//! line that is not UTF-8 included).
 
-use std::{io::BufRead, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
+use indicatif::ProgressBar;
+
+use super::import::for_each_line;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,24 +21,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let today = super::today();
     let mut valid = 0_u64;
     let mut refused = 0_u64;
+    let quiet = ProgressBar::hidden();
     for path in &args.files {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match domain::ndjson::parse_line(&line, today) {
+        for_each_line(path, &quiet, |line_number, line| {
+            match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 Ok(_) => valid += 1,
                 Err(refusal) => {
                     refused += 1;
                     for reason in &refusal.reasons {
-                        println!("{}:{}: {}", path.display(), index + 1, reason);
+                        println!("{}:{line_number}: {reason}", path.display());
                     }
                 }
             }
-        }
+        })?;
     }
     eprintln!("{valid} valid, {refused} refused");
     Ok(if refused == 0 {

@@ -183,3 +183,56 @@ fn validate_reports_every_reason_with_file_and_line() {
         .stdout(predicate::str::contains("bad.ndjson:2: colour:"))
         .stdout(predicate::str::contains("bad.ndjson:1").not());
 }
+
+/// A line that is not UTF-8 (a Latin-1 "café" from an older system) is bad
+/// input on that line, like any other: it used to stop `validate` and
+/// `import` with exit code 2 and "stream did not contain valid UTF-8", with
+/// no line number (validate) and no way to skip it.
+#[test]
+fn a_line_that_is_not_utf8_is_refused_on_its_line_and_the_rest_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.ndjson");
+    let not_utf8: &[u8] = b"{\"event_id\":\"e-0009\",\"centre\":\"leeds\",\"patient\":\"L-0001\",\"occurred_on\":\"2017-03-10\",\"type\":\"treatment_discontinued\",\"reason\":\"caf\xe9\"}";
+    let bad_guidance = INJECTED.replace("\"guidance\":\"emg\"", "\"guidance\":\"xray\"");
+    let mut bytes = Vec::new();
+    for line in [REGISTERED.as_bytes(), not_utf8, bad_guidance.as_bytes()] {
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    toxaudit()
+        .arg("validate")
+        .arg(&path)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "latin1.ndjson:2: line: is not UTF-8",
+        ))
+        .stdout(predicate::str::contains("latin1.ndjson:3: guidance:"));
+
+    let data = dir.path().join("data");
+    toxaudit()
+        .args(["import", "--data-dir"])
+        .arg(&data)
+        .arg(&path)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "latin1.ndjson:2: line: is not UTF-8",
+        ))
+        .stdout(predicate::str::contains("latin1.ndjson:3: guidance:"))
+        .stderr(predicate::str::contains("nothing appended"));
+    assert!(export(&data).is_empty(), "a refused file appends nothing");
+
+    toxaudit()
+        .args(["import", "--skip-invalid", "--data-dir"])
+        .arg(&data)
+        .arg(&path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "appended 1, duplicates 0, refused 2",
+        ));
+    assert_eq!(export(&data).len(), 1);
+}
