@@ -47,15 +47,12 @@ impl IngestService {
     ) -> Result<Vec<Stored>, Status> {
         let writer = writer_scope(principal)?;
         // A clinician writing another centre is refused as a whole, before
-        // any validation, as PERMISSION_DENIED.
+        // any validation (nothing about another centre's log is told), as
+        // PERMISSION_DENIED, naming every such event on its `centre`.
         if let WriterScope::Centre(own) = &writer
-            && let Some(foreign) = events.iter().find(|event| event.centre != own.as_str())
+            && let Some(status) = foreign_centre_status(own, &events, committed_before)
         {
-            return Err(ServiceError::PermissionDenied(format!(
-                "a clinician of centre {own} may not write events of centre '{}' (event {})",
-                foreign.centre, foreign.event_id
-            ))
-            .into_status());
+            return Err(status);
         }
         let today = ClinicalDate::from_date(time::OffsetDateTime::now_utc().date());
         let mut parsed = Vec::with_capacity(events.len());
@@ -74,6 +71,60 @@ impl IngestService {
             Err(AdmitError::Refused(verdicts)) => Err(refusal_status(&verdicts, committed_before)),
         }
     }
+}
+
+/// PERMISSION_DENIED when some event of the batch is not of the writer's
+/// centre `own`: the message names the first, and the details (the
+/// `RefusedEvents` of any refusal) every one, by index, on its `centre`, so
+/// a client can name the lines of a file and skip them when asked to.
+fn foreign_centre_status(
+    own: &Centre,
+    events: &[proto::v1::Event],
+    committed_before: u64,
+) -> Option<Status> {
+    let mut foreign = events
+        .iter()
+        .enumerate()
+        .filter(|(_, event)| event.centre != own.as_str())
+        .map(|(index, event)| RefusedEvent {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            event_id: event.event_id.clone(),
+            reasons: vec![FieldReason {
+                field: "centre".to_owned(),
+                reason: format!(
+                    "a clinician of centre {own} may not write events of centre '{}'",
+                    event.centre
+                ),
+            }],
+        })
+        .collect::<Vec<_>>();
+    let first = foreign.first()?;
+    let total = foreign.len();
+    let mut message = format!(
+        "{total} of {} events are not of centre {own}, nothing appended; event {} ({}): centre: {}",
+        events.len(),
+        first.index,
+        first.event_id,
+        first.reasons[0].reason
+    );
+    if total > MOST_REFUSALS_REPORTED {
+        // Writing to a String cannot fail.
+        let _ = write!(
+            message,
+            "; details list the first {MOST_REFUSALS_REPORTED} of {total} refused events"
+        );
+        foreign.truncate(MOST_REFUSALS_REPORTED);
+    }
+    let details = RefusedEvents {
+        events: foreign,
+        committed_events: committed_before,
+    }
+    .encode_to_vec();
+    Some(Status::with_details(
+        tonic::Code::PermissionDenied,
+        message,
+        details.into(),
+    ))
 }
 
 fn writer_scope(principal: &Principal) -> Result<WriterScope, Status> {

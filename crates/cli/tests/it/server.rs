@@ -187,12 +187,68 @@ fn a_refused_file_sends_nothing_and_a_clinician_cannot_write_another_centre() {
         .args(["import", "--server", &up.grpc_url, "--token", &york])
         .arg(&good)
         .assert()
-        .failure()
-        .stderr(predicate::str::contains("leeds"));
+        .code(1)
+        .stdout(predicate::str::contains("good.ndjson:1: centre:"))
+        .stdout(predicate::str::contains("good.ndjson:2: centre:"))
+        .stdout(predicate::str::contains("centre 'leeds'"));
     toxaudit()
         .args(["import", "--server", &up.grpc_url, "--token", &leeds])
         .arg(&good)
         .assert()
         .success()
         .stderr(predicate::str::contains("appended 2"));
+}
+
+/// events.md: "A writer may only write events of its own centre", and a
+/// refused event is named by file line and field. A leeds clinician's file
+/// with a line of another centre used to stop with exit code 2 and the
+/// server's message alone (no line, the first such event only), and
+/// --skip-invalid could not skip it.
+#[test]
+fn a_line_of_another_centre_is_refused_on_its_line_and_can_be_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, "a-test-secret-of-at-least-sixteen-bytes").unwrap();
+    let up = Up::start(&dir.path().join("served"), &secret);
+    let salford_line = REGISTERED
+        .replace("\"leeds\"", "\"salford-royal\"")
+        .replace("e-0001", "s-0001");
+    let mixed = write_file(dir.path(), "mixed.ndjson", &[REGISTERED, &salford_line]);
+    let leeds = token(&secret, "leeds", "clinician");
+
+    toxaudit()
+        .args(["import", "--server", &up.grpc_url, "--token", &leeds])
+        .arg(&mixed)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("mixed.ndjson:2: centre:"))
+        .stdout(predicate::str::contains("mixed.ndjson:1").not())
+        .stderr(predicate::str::contains("appended nothing"));
+
+    toxaudit()
+        .args([
+            "import",
+            "--skip-invalid",
+            "--server",
+            &up.grpc_url,
+            "--token",
+            &leeds,
+        ])
+        .arg(&mixed)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("mixed.ndjson:2: centre:"))
+        .stderr(predicate::str::contains(
+            "appended 1, duplicates 0, refused 1",
+        ));
+
+    // Neither import stored the salford line: salford's own writer appends it now.
+    let salford = token(&secret, "salford-royal", "clinician");
+    let own = write_file(dir.path(), "salford.ndjson", &[&salford_line]);
+    toxaudit()
+        .args(["import", "--server", &up.grpc_url, "--token", &salford])
+        .arg(&own)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("appended 1, duplicates 0"));
 }

@@ -367,3 +367,48 @@ async fn a_stream_of_batches_appends_each_in_order() -> anyhow::Result<()> {
     assert_eq!(running.log.head().await?, 3);
     running.stop().await
 }
+
+/// A clinician's batch holding events of another centre is refused whole as
+/// PERMISSION_DENIED, and the status names every such event by its index,
+/// with the reason on `centre` (events.md: every reason, each naming the
+/// field), so a client can point at the lines (and skip them if asked).
+/// It used to name only the first, in the message, with no details at all.
+#[tokio::test]
+async fn every_event_of_another_centre_is_named_on_its_centre() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+    let mut salford = registered("e-2", "S-1");
+    salford.centre = "salford-royal".to_owned();
+    let mut york = registered("e-3", "Y-1");
+    york.centre = "york".to_owned();
+    let status = running
+        .client
+        .append(vec![registered("e-1", "L-1"), salford, york])
+        .await
+        .expect_err("a leeds clinician wrote other centres");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let refused = refused_events(&status).expect("the status names the refused events");
+    let named: Vec<_> = refused
+        .events
+        .iter()
+        .map(|event| {
+            (
+                event.index,
+                event.event_id.as_str(),
+                event.reasons[0].field.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(named, vec![(1, "e-2", "centre"), (2, "e-3", "centre")]);
+    assert!(
+        refused.events[1].reasons[0].reason.contains("york"),
+        "{refused:?}"
+    );
+    assert_eq!(running.log.head().await?, 0, "nothing is appended");
+    running.stop().await
+}
