@@ -7,14 +7,18 @@
 //! appended* (events.md "Bad input"), remembering only which lines to skip.
 //! If any line is refused, nothing is appended (unless `--skip-invalid`).
 //! The second pass reads the files again and appends the accepted lines in
-//! batches. The log stays locked by this process between the passes, so what
-//! the first pass checked is exactly what the second appends.
+//! batches. The log stays locked by this process between the passes, and
+//! the second pass appends only what the first checked: it reads each file
+//! no further than the first did, refuses to start when a file's length
+//! changed in between (a file another program is still writing), and stops
+//! at a line that is not the event the first pass accepted (a file rewritten
+//! in place), so no event ever reaches the log unchecked.
 
 use std::{
     collections::HashSet,
     fmt::Write as _,
     fs::File,
-    io::{BufRead, BufReader, IsTerminal},
+    io::{BufRead, BufReader, IsTerminal, Read},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -72,6 +76,8 @@ struct Plan {
     duplicates: u64,
     refused_lines: u64,
     warnings: u64,
+    /// Bytes of each file the first pass read: all the second may read.
+    checked_bytes: Vec<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -98,11 +104,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
 
-    let appended = append_files(&args, &runtime, &log, &plan, today)?;
+    let appended = append_files(&args, &runtime, &log, &plan, &admission, today)?;
     eprintln!(
         "appended {appended}, duplicates {}, refused {}, warnings {}",
         plan.duplicates, plan.refused_lines, plan.warnings
     );
+    // What was checked was appended, and nothing else: a file that grew
+    // meanwhile is not imported whole, which must not pass for success.
+    if let Some(changed) = changed_since_checked(&args.files, &plan.checked_bytes)? {
+        anyhow::bail!(
+            "{changed}: only what was checked was imported; import it again once it is complete"
+        );
+    }
     Ok(if refused {
         ExitCode::from(1)
     } else {
@@ -119,7 +132,7 @@ fn check_files(
     let mut plan = Plan::default();
     let progress = progress_bar(files, "checking")?;
     for (file_index, path) in files.iter().enumerate() {
-        for_each_line(path, &progress, |line_number, line| {
+        let read = for_each_line(path, &progress, None, |line_number, line| {
             let line_ref = (file_index, line_number);
             let line = match line {
                 Ok(line) => line,
@@ -155,6 +168,7 @@ fn check_files(
                 }
             }
         })?;
+        plan.checked_bytes.push(read);
     }
     progress.finish_and_clear();
     if plan.warnings > WARNINGS_SHOWN as u64 {
@@ -164,6 +178,27 @@ fn check_files(
         );
     }
     Ok(plan)
+}
+
+/// The first of `files` whose length is no longer the `checked_bytes` the
+/// first pass read of it, described, or `None`.
+pub(super) fn changed_since_checked(
+    files: &[PathBuf],
+    checked_bytes: &[u64],
+) -> anyhow::Result<Option<String>> {
+    for (path, checked) in files.iter().zip(checked_bytes) {
+        let now = std::fs::metadata(path)
+            .with_context(|| format!("reading the size of {}", path.display()))?
+            .len();
+        if now != *checked {
+            return Ok(Some(format!(
+                "{} changed after it was checked ({checked} bytes checked, {now} now; is another \
+                 program still writing it?)",
+                path.display()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Prints a refused line's reasons as `FILE:LINE: field: reason`, on stdout
@@ -187,33 +222,51 @@ fn report_refusal(
 
 /// The second pass: append every line the first pass accepted, in batches
 /// of [`APPEND_BATCH`], each one durable write. Only one batch is in memory.
+///
+/// `admission` is the first pass's state, every accepted event folded in:
+/// a line to append must be a duplicate there, i.e. exactly an event the
+/// first pass accepted. Each file is read no further than the first pass
+/// read it, and must still be that long when this starts.
 fn append_files(
     args: &Args,
     runtime: &tokio::runtime::Runtime,
     log: &dyn EventLog,
     plan: &Plan,
+    admission: &Admission,
     today: ClinicalDate,
 ) -> anyhow::Result<u64> {
+    if let Some(changed) = changed_since_checked(&args.files, &plan.checked_bytes)? {
+        anyhow::bail!("{changed}: nothing appended; import it again once it is complete");
+    }
     let progress = progress_bar(&args.files, "appending")?;
     let mut appended = 0_u64;
     let mut batch: Vec<NewRecord> = Vec::with_capacity(APPEND_BATCH);
     let mut failure: Option<anyhow::Error> = None;
     for (file_index, path) in args.files.iter().enumerate() {
-        for_each_line(path, &progress, |line_number, line| {
+        let limit = plan.checked_bytes.get(file_index).copied().unwrap_or(0);
+        for_each_line(path, &progress, Some(limit), |line_number, line| {
             if failure.is_some() || plan.skip.contains(&(file_index, line_number)) {
                 return;
             }
+            let changed = |why: String| {
+                anyhow::anyhow!(
+                    "{}:{line_number} changed while importing ({why}); the lines before it \
+                     were appended, it and the rest were not",
+                    path.display()
+                )
+            };
             let event = match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 Ok(event) => event,
                 // The first pass accepted this very line: the file changed under us.
                 Err(refusal) => {
-                    failure = Some(anyhow::anyhow!(
-                        "{}:{line_number} changed while importing: {refusal}",
-                        path.display()
-                    ));
+                    failure = Some(changed(refusal.to_string()));
                     return;
                 }
             };
+            if admission.check(&event, &WriterScope::AnyCentre) != Verdict::Duplicate {
+                failure = Some(changed("it is not the event that was checked".to_owned()));
+                return;
+            }
             batch.push(NewRecord {
                 key: event.event_id.as_str().to_owned(),
                 stream: format!("{}.{}", event.centre, event.patient),
@@ -251,27 +304,34 @@ async fn append(log: &dyn EventLog, records: Vec<NewRecord>) -> anyhow::Result<u
         .count() as u64)
 }
 
-/// Calls `visit(line_number, line)` for every non-blank line of `path`;
-/// line numbers count every physical line from 1. A line that is not UTF-8
-/// is bad input on that line, not an unreadable file: it is visited as the
-/// refusal that says so, and the lines after it are still read.
+/// Calls `visit(line_number, line)` for every non-blank line of `path`,
+/// reading at most `limit` bytes when given; line numbers count every
+/// physical line from 1. A line that is not UTF-8 is bad input on that
+/// line, not an unreadable file: it is visited as the refusal that says so,
+/// and the lines after it are still read. Returns the bytes read.
 pub(super) fn for_each_line(
     path: &Path,
     progress: &ProgressBar,
+    limit: Option<u64>,
     mut visit: impl FnMut(u64, Result<&str, Refusal>),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut reader = BufReader::with_capacity(1 << 20, progress.wrap_read(file));
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        progress.wrap_read(file).take(limit.unwrap_or(u64::MAX)),
+    );
     let mut line = Vec::new();
     let mut line_number = 0_u64;
+    let mut total = 0_u64;
     loop {
         line.clear();
         let read = reader
             .read_until(b'\n', &mut line)
             .with_context(|| format!("reading {} after line {line_number}", path.display()))?;
         if read == 0 {
-            return Ok(());
+            return Ok(total);
         }
+        total += read as u64;
         line_number += 1;
         while line
             .last()
@@ -319,4 +379,91 @@ fn progress_bar(files: &[PathBuf], what: &str) -> anyhow::Result<ProgressBar> {
     );
     bar.set_message(what.to_owned());
     Ok(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGISTERED: &str = r#"{"event_id":"e-1","centre":"leeds","patient":"L-1","occurred_on":"2020-01-06","type":"patient_registered"}"#;
+    const REFERRED: &str = r#"{"event_id":"e-2","centre":"leeds","patient":"L-1","occurred_on":"2020-01-06","type":"referral_made","target":"dbs"}"#;
+    /// Valid by the contract, refused by admission: unregistered patient,
+    /// no such injection.
+    const UNCHECKED: &str = r#"{"event_id":"e-9","centre":"leeds","patient":"L-9","occurred_on":"2020-01-06","type":"response_assessed","injection_event_id":"e-404","rating":"good"}"#;
+
+    fn args(file: PathBuf) -> Args {
+        Args {
+            data_dir: None,
+            server: super::super::remote::ServerArgs {
+                server: None,
+                token: None,
+                ca_cert: None,
+            },
+            skip_invalid: false,
+            principal: "cli:test".to_owned(),
+            files: vec![file],
+        }
+    }
+
+    /// Runs the first pass on `lines`, lets `change` rewrite the file, then
+    /// the second pass: what it returns, and the log's head after it.
+    fn import_with_a_change_between_the_passes(
+        lines: &[&str],
+        change: impl FnOnce(&Path),
+    ) -> (anyhow::Result<u64>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.ndjson");
+        std::fs::write(&file, format!("{}\n", lines.join("\n"))).unwrap();
+        let runtime = crate::commands::runtime().unwrap();
+        let log = crate::commands::open_log(&dir.path().join("data")).unwrap();
+        let today = crate::commands::today();
+        let mut admission = Admission::default();
+        let plan = check_files(std::slice::from_ref(&file), &mut admission, today).unwrap();
+        assert_eq!(plan.refused_lines, 0);
+        change(&file);
+        let appended = append_files(&args(file), &runtime, &log, &plan, &admission, today);
+        let head = runtime.block_on(log.head()).unwrap();
+        (appended, head)
+    }
+
+    /// A file still being written by another program (an interface engine
+    /// dropping an export) grew between the passes: the lines added after
+    /// the check were appended unchecked (an unregistered patient's
+    /// assessment of an injection that does not exist), and the export of
+    /// the log could no longer be imported.
+    #[test]
+    fn lines_added_after_the_check_are_never_appended() {
+        let (appended, head) = import_with_a_change_between_the_passes(&[REGISTERED], |file| {
+            let mut text = std::fs::read_to_string(file).unwrap();
+            text.push_str(UNCHECKED);
+            text.push('\n');
+            std::fs::write(file, text).unwrap();
+        });
+        let error = appended.expect_err("a file that grew was imported");
+        assert!(error.to_string().contains("changed"), "{error:#}");
+        assert_eq!(head, 0, "nothing is appended");
+    }
+
+    /// A line rewritten in place (same length) between the passes is not
+    /// the event that was checked: it is never appended.
+    #[test]
+    fn a_line_rewritten_after_the_check_is_never_appended() {
+        let (appended, head) =
+            import_with_a_change_between_the_passes(&[REGISTERED, REFERRED], |file| {
+                let text = std::fs::read_to_string(file).unwrap();
+                std::fs::write(file, text.replace("\"e-2\"", "\"e-8\"")).unwrap();
+            });
+        let error = appended.expect_err("a rewritten file was imported");
+        assert!(error.to_string().contains("changed"), "{error:#}");
+        assert_eq!(head, 0, "nothing of the last batch is appended");
+    }
+
+    /// Unchanged, the second pass appends what the first accepted.
+    #[test]
+    fn an_unchanged_file_is_appended_whole() {
+        let (appended, head) =
+            import_with_a_change_between_the_passes(&[REGISTERED, REFERRED], |_| {});
+        assert_eq!(appended.unwrap(), 2);
+        assert_eq!(head, 2);
+    }
 }

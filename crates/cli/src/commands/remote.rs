@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use reporting::render::{Format, render};
 use service_kit::client::{ServiceClient, refused_events};
 
-use super::import::for_each_line;
+use super::import::{changed_since_checked, for_each_line};
 
 /// Events per `Ingest.Append` request: one atomic batch on the server. On
 /// NATS an atomic batch holds at most 1000 messages
@@ -82,8 +82,10 @@ pub fn import(
 
     // The contract check of every line, before anything is sent.
     let quiet = ProgressBar::hidden();
+    // What was checked is all that is sent: bytes read of each file.
+    let mut checked_bytes = Vec::with_capacity(files.len());
     for path in files {
-        for_each_line(path, &quiet, |line_number, line| {
+        let read = for_each_line(path, &quiet, None, |line_number, line| {
             if let Err(refusal) = line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 totals.refused += 1;
                 for reason in &refusal.reasons {
@@ -91,6 +93,7 @@ pub fn import(
                 }
             }
         })?;
+        checked_bytes.push(read);
     }
     if totals.refused > 0 && !skip_invalid {
         eprintln!(
@@ -100,13 +103,18 @@ pub fn import(
         return Ok(ExitCode::from(1));
     }
 
+    if let Some(changed) = changed_since_checked(files, &checked_bytes)? {
+        anyhow::bail!("{changed}: nothing sent; import it again once it is complete");
+    }
+
     let runtime = super::runtime()?;
     let client = runtime.block_on(server.connect())?;
     let mut batch: Vec<(Origin, proto::v1::Event)> = Vec::new();
     // The first failure (or refusal) stops the import.
     let mut stopped: Option<anyhow::Result<Sent>> = None;
     for (file_index, path) in files.iter().enumerate() {
-        for_each_line(path, &quiet, |line_number, line| {
+        let limit = checked_bytes.get(file_index).copied().unwrap_or(0);
+        for_each_line(path, &quiet, Some(limit), |line_number, line| {
             if stopped.is_some() {
                 return;
             }
@@ -140,6 +148,11 @@ pub fn import(
         "appended {}, duplicates {}, refused {}, warnings {}",
         totals.appended, totals.duplicates, totals.refused, totals.warnings
     );
+    if let Some(changed) = changed_since_checked(files, &checked_bytes)? {
+        anyhow::bail!(
+            "{changed}: only what was checked was sent; import it again once it is complete"
+        );
+    }
     Ok(if totals.refused > 0 {
         ExitCode::from(1)
     } else {

@@ -23,7 +23,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut refused = 0_u64;
     let quiet = ProgressBar::hidden();
     for path in &args.files {
-        for_each_line(path, &quiet, |line_number, line| {
+        for_each_line(path, &quiet, None, |line_number, line| {
             match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
                 Ok(_) => valid += 1,
                 Err(refusal) => {
