@@ -12,8 +12,10 @@
 #       store_dir=/var/lib/toxaudit-nats \
 #       routes='"nats-route://route:PASSWORD@hub-1:6222", "nats-route://route:PASSWORD@hub-2:6222", "nats-route://route:PASSWORD@hub-3:6222"'
 #
-# In routes, the literal word PASSWORD is replaced by the route password of
-# hub.env, so that it never has to be typed on a command line.
+# In routes, the literal word PASSWORD stands for the route password of
+# hub.env, so that it never has to be typed on a command line. Each route URL
+# (with the password) goes into hub.env as TOXAUDIT_ROUTE_URL_<n>, and
+# hub.conf names only the variables: config files hold no secret.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,13 +62,41 @@ route_password="$(sed -n 's/^TOXAUDIT_ROUTE_PASSWORD=//p' "$hub_env")"
     printf '%s\n' "$reporting_password" >"$config_dir/secrets/network-reporting.password"
 )
 
+# route_variables ROUTES: writes each quoted URL of ROUTES, with PASSWORD
+# replaced, to hub.env as TOXAUDIT_ROUTE_URL_<n> (replacing the previous
+# ones; every node shares the list) and prints the routes as those variables.
+route_variables() {
+    local routes="$1" url index=0 references=""
+    local -a urls=()
+    while IFS= read -r url; do
+        [[ -n "$url" ]] && urls+=("$url")
+    done < <(grep -o '"[^"]*"' <<<"$routes" | tr -d '"')
+    if [[ ${#urls[@]} -eq 0 ]]; then
+        echo "render-hub.sh: routes= lists no quoted URL" >&2
+        exit 64
+    fi
+    (
+        umask 077
+        sed -i '/^TOXAUDIT_ROUTE_URL_/d' "$hub_env"
+        for url in "${urls[@]}"; do
+            index=$((index + 1))
+            echo "TOXAUDIT_ROUTE_URL_$index=${url//PASSWORD/$route_password}" >>"$hub_env"
+        done
+    )
+    for index in "${!urls[@]}"; do
+        references+="${references:+, }\$TOXAUDIT_ROUTE_URL_$((index + 1))"
+    done
+    printf '%s' "$references"
+}
+
 server_name=""
 values=()
 for assignment in "$@"; do
     case "$assignment" in
         server_name=*) server_name="${assignment#server_name=}" ;;
+        routes=*) assignment="routes=$(route_variables "${assignment#routes=}")" ;;
     esac
-    values+=("${assignment//PASSWORD/$route_password}")
+    values+=("$assignment")
 done
 if [[ ! "$server_name" =~ ^[A-Za-z0-9_-]+$ ]]; then
     echo "render-hub.sh: server_name=NAME is required ([A-Za-z0-9_-])" >&2
