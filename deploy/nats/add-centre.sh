@@ -8,7 +8,8 @@
 #      name every hub node given with --hub-leafnodes;
 #   4. writes the centre services' NATS credentials for toxaudit:
 #      CONFIG_DIR/secrets/<centre>-services.env and .password (mode 0600).
-# Then, as it prints: reload each hub node, start the leaf in the centre, and
+# Then, as it prints: restart each hub node in turn (the new password variable
+# is read only at start), start the leaf in the centre, and
 # run `toxaudit network sync` so that the hub sources the centre's stream.
 #
 #   deploy/nats/add-centre.sh --config-dir /etc/toxaudit/nats \
@@ -106,7 +107,9 @@ umask 022
 cat >&2 <<NEXT
 added centre $centre:
   hub:    $config_dir/<node>/hub-accounts.conf re-rendered; $hub_env has $variable
-          -> copy both to every hub node, then: nats-server --signal reload
+          -> copy both to every hub node, then restart the nodes one at a time
+             (systemctl restart toxaudit-nats-hub; not reload: nats-server
+             reads $variable from its environment only at start)
   centre: $config_dir/$centre/leaf.conf and $centre_env
           -> install them in the centre and start its leaf node
           $config_dir/secrets/$centre-services.{env,password}
