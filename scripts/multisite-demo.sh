@@ -176,12 +176,9 @@ say "importing the founding audit's demo data (seed $seed), each centre its own 
 for centre in "${centres[@]}"; do
     grep -F "\"centre\":\"$centre\"" "$work/paper2019.ndjson" >"$work/$centre.ndjson" || true
     token="$("$toxaudit" token issue --centre "$centre" --role clinician)"
-    # In parts of 500 lines, in file order: one JetStream atomic batch holds
-    # at most 1000 events, and every line refers only to lines before it.
-    split -l 500 -d "$work/$centre.ndjson" "$work/$centre.part-"
-    for part in "$work/$centre".part-*; do
-        "$toxaudit" import --server "http://127.0.0.1:${grpc[$centre]}" --token "$token" "$part"
-    done
+    # The whole file at once, as an operator would: `import --server` sends
+    # it in requests of at most 1000 events (one JetStream atomic batch each).
+    "$toxaudit" import --server "http://127.0.0.1:${grpc[$centre]}" --token "$token" "$work/$centre.ndjson"
 done
 
 say "waiting for the network report to hold both centres"
