@@ -170,6 +170,10 @@ impl TimedLog {
 // Written out as `async_trait` expands it, so the harness needs no macro
 // crate for one wrapper.
 impl EventLog for TimedLog {
+    fn most_records_per_append(&self) -> Option<usize> {
+        self.inner.most_records_per_append()
+    }
+
     fn append<'life0, 'async_trait>(
         &'life0 self,
         batch: AppendBatch,

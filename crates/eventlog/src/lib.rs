@@ -165,6 +165,13 @@ pub trait EventLog: Send + Sync + fmt::Debug {
     /// Appends a batch atomically after checking its expectations and keys.
     async fn append(&self, batch: AppendBatch) -> Result<Vec<AppendOutcome>, LogError>;
 
+    /// The most records one atomic [`EventLog::append`] may hold, when the
+    /// backend has a limit (`None`: any number). A caller with more records
+    /// than that appends them in several batches, each atomic on its own.
+    fn most_records_per_append(&self) -> Option<usize> {
+        None
+    }
+
     /// Up to `max` records with position >= `from`, in position order. Fewer
     /// (possibly none) when the log ends.
     async fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError>;

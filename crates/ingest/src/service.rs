@@ -18,7 +18,11 @@ use proto::v1::{
 use service_kit::{Principal, Role, ServiceError, auth};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::state::{AdmissionState, AdmitError, Stored};
+use crate::state::{AdmissionState, AdmitError, AppendUnit, Stored};
+
+/// At most this many events in one `Import` call: the whole call is
+/// admitted (and its verdicts kept) in memory before anything is appended.
+pub const MOST_EVENTS_PER_IMPORT: usize = 200_000;
 
 /// At most this many refused events are described in a status (message and
 /// details travel in HTTP/2 trailers, which have a size limit); the message
@@ -44,6 +48,7 @@ impl IngestService {
         principal: &Principal,
         events: Vec<proto::v1::Event>,
         committed_before: u64,
+        unit: AppendUnit,
     ) -> Result<Vec<Stored>, Status> {
         let writer = writer_scope(principal)?;
         // A clinician writing another centre is refused as a whole, before
@@ -63,7 +68,7 @@ impl IngestService {
         }
         match self
             .state
-            .admit_and_append(parsed, writer, principal.subject.clone())
+            .admit_and_append_as(parsed, writer, principal.subject.clone(), unit)
             .await
         {
             Ok(stored) => Ok(stored),
@@ -246,7 +251,9 @@ impl Ingest for IngestService {
         let principal = auth::principal(&request)?;
         let events = request.into_inner().events;
         let count = events.len();
-        let stored = self.append_batch(&principal, events, 0).await?;
+        let stored = self
+            .append_batch(&principal, events, 0, AppendUnit::Atomic)
+            .await?;
         let head = stored
             .iter()
             .map(|stored| stored.position)
@@ -275,7 +282,12 @@ impl Ingest for IngestService {
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             let stored = self
-                .append_batch(&principal, batch.events, outcomes.len() as u64)
+                .append_batch(
+                    &principal,
+                    batch.events,
+                    outcomes.len() as u64,
+                    AppendUnit::Atomic,
+                )
                 .await?;
             head = head.max(
                 stored
@@ -293,5 +305,45 @@ impl Ingest for IngestService {
             "stream of batches appended"
         );
         Ok(Response::new(AppendResponse { outcomes, head }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let mut messages = request.into_inner();
+        let mut events = Vec::new();
+        while let Some(message) = messages.next().await {
+            events.extend(message?.events);
+            if events.len() > MOST_EVENTS_PER_IMPORT {
+                return Err(ServiceError::InvalidArgument {
+                    message: format!(
+                        "an import holds at most {MOST_EVENTS_PER_IMPORT} events, nothing appended; import the file in parts"
+                    ),
+                    details: None,
+                }
+                .into_status());
+            }
+        }
+        let count = events.len();
+        let stored = self
+            .append_batch(&principal, events, 0, AppendUnit::InLogBatches)
+            .await?;
+        let head = stored
+            .iter()
+            .map(|stored| stored.position)
+            .max()
+            .unwrap_or(0);
+        tracing::info!(
+            principal = %principal.subject,
+            events = count,
+            head,
+            "import appended"
+        );
+        Ok(Response::new(AppendResponse {
+            outcomes: outcomes_of(stored),
+            head,
+        }))
     }
 }

@@ -448,9 +448,23 @@ impl AdmissionState {
         Ok(())
     }
 
+    /// [`AdmissionState::admit_and_append_as`] with [`AppendUnit::Atomic`].
+    #[cfg(test)]
+    pub(crate) async fn admit_and_append(
+        self: &Arc<Self>,
+        parsed: Vec<(String, Result<Event, domain::Refusal>)>,
+        writer: WriterScope,
+        principal: String,
+    ) -> Result<Vec<Stored>, AdmitError> {
+        self.admit_and_append_as(parsed, writer, principal, AppendUnit::Atomic)
+            .await
+    }
+
     /// Admits a batch: every event checked as if the ones before it were
-    /// appended; all accepted (or duplicates) → appended in one atomic
-    /// batch; otherwise nothing is appended and every refusal comes back.
+    /// appended; all accepted (or duplicates) → appended as `unit` says (in
+    /// one atomic batch, or a whole import in the log's atomic batches, see
+    /// [`AppendUnit`]); otherwise nothing is appended and every refusal
+    /// comes back.
     ///
     /// Runs on a task of its own, so a caller going away (a cancelled call)
     /// never leaves a batch half-way through the pipeline: it keeps its turn
@@ -462,11 +476,12 @@ impl AdmissionState {
     /// admitted again, up to [`ATTEMPTS_ON_CONFLICT`] times in all: the
     /// events are judged against what is really stored, and a retry can
     /// never store anything twice (ids are idempotency keys).
-    pub(crate) async fn admit_and_append(
+    pub(crate) async fn admit_and_append_as(
         self: &Arc<Self>,
         parsed: Vec<(String, Result<Event, domain::Refusal>)>,
         writer: WriterScope,
         principal: String,
+        unit: AppendUnit,
     ) -> Result<Vec<Stored>, AdmitError> {
         // The call's place in the order of arrival, taken before the task
         // is spawned (a runtime may run spawned tasks in any order).
@@ -481,7 +496,7 @@ impl AdmissionState {
         let state = Arc::clone(self);
         let outcome = tokio::spawn(async move {
             let outcome = state
-                .admit_in_turn(ticket, parsed, &writer, &principal)
+                .admit_in_turn(ticket, parsed, &writer, &principal, unit)
                 .await;
             state.leave(ticket).await;
             outcome
@@ -512,13 +527,14 @@ impl AdmissionState {
         parsed: Vec<(String, Result<Event, domain::Refusal>)>,
         writer: &WriterScope,
         principal: &str,
+        unit: AppendUnit,
     ) -> Result<Vec<Stored>, AdmitError> {
         let mut attempt = 1;
         let mut admissions = 1;
         let mut drained = false;
         loop {
             match self
-                .admit_once(ticket, &parsed, writer, principal, drained)
+                .admit_once(ticket, &parsed, writer, principal, drained, unit)
                 .await
             {
                 Attempt::Again { drained: wanted } if admissions < MOST_ADMISSIONS => {
@@ -661,6 +677,7 @@ impl AdmissionState {
         writer: &WriterScope,
         principal: &str,
         drained: bool,
+        unit: AppendUnit,
     ) -> Attempt {
         // 1. Admission, under the lock, on the state with every batch
         //    admitted before this one (appended or in flight).
@@ -827,9 +844,7 @@ impl AdmissionState {
         // 4. The append, outside the lock; the next batch waits for it.
         let record_streams: Vec<String> =
             records.iter().map(|record| record.stream.clone()).collect();
-        let mut batch = AppendBatch::new(records);
-        batch.expectations = expectations;
-        let appended = self.log.append(batch).await;
+        let appended = append_records(self.log.as_ref(), records, expectations, unit).await;
         let mut admitted = self.state.lock().await;
         let outcomes = match appended {
             Ok(outcomes) => outcomes,
@@ -938,6 +953,69 @@ impl AdmissionState {
         }
         Ok(())
     }
+}
+
+/// How an admitted batch goes into the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendUnit {
+    /// One atomic append: every record is stored or none is (`Append`, and
+    /// each batch of `AppendStream`). A batch larger than the log's atomic
+    /// batch is refused by the log.
+    Atomic,
+    /// A whole import (`Import`): admitted as one, so a refusal anywhere
+    /// appends nothing; then appended in consecutive parts of at most the
+    /// log's atomic batch, each atomic on its own (see [`append_records`]).
+    InLogBatches,
+}
+
+/// Appends `records` with `expectations` as `unit` says. In parts
+/// ([`AppendUnit::InLogBatches`], more records than the log's atomic batch
+/// holds): each part expects each stream it writes where the batch expected
+/// it, or, once an earlier part appended to it, where that part left it
+/// (an earlier part whose records there all came back as duplicates moved
+/// nothing). When a part fails, the parts before it stay stored
+/// and the error comes back as it is: the caller's state then restores
+/// itself from the log (as after any failed append), where it finds them,
+/// and a retry finds them as duplicates.
+async fn append_records(
+    log: &dyn EventLog,
+    records: Vec<NewRecord>,
+    expectations: Vec<(String, ExpectedVersion)>,
+    unit: AppendUnit,
+) -> Result<Vec<AppendOutcome>, eventlog::LogError> {
+    let most = match unit {
+        AppendUnit::Atomic => None,
+        AppendUnit::InLogBatches => log.most_records_per_append(),
+    };
+    let Some(most) = most.filter(|most| records.len() > *most) else {
+        let mut batch = AppendBatch::new(records);
+        batch.expectations = expectations;
+        return log.append(batch).await;
+    };
+    let mut expected: HashMap<String, ExpectedVersion> = expectations.into_iter().collect();
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let part: Vec<NewRecord> = records.by_ref().take(most.max(1)).collect();
+        let streams: Vec<String> = part.iter().map(|record| record.stream.clone()).collect();
+        let mut batch = AppendBatch::new(part);
+        let mut named = std::collections::HashSet::new();
+        for stream in &streams {
+            if let Some(version) = expected.get(stream)
+                && named.insert(stream.as_str())
+            {
+                batch.expectations.push((stream.clone(), *version));
+            }
+        }
+        let appended = log.append(batch).await?;
+        for (outcome, stream) in appended.iter().zip(streams) {
+            if let AppendOutcome::Appended { position } = outcome {
+                expected.insert(stream, ExpectedVersion::At(*position));
+            }
+        }
+        outcomes.extend(appended);
+    }
+    Ok(outcomes)
 }
 
 /// Where one event of an appended batch ended up, in batch order.
@@ -1729,5 +1807,189 @@ mod tests {
             )
             .await
             .unwrap_or_else(|error| panic!("the batch was not appended: {error:?}"))
+    }
+
+    /// An append as [`InParts`] saw it: its size and its expectations.
+    type PartSeen = (usize, Vec<(String, ExpectedVersion)>);
+
+    /// A log whose atomic batch holds two records, and whose `fail_on`-th
+    /// append (from 1) fails once as unavailable; it keeps each append's
+    /// size and expectations.
+    #[derive(Debug)]
+    struct InParts {
+        inner: Arc<dyn EventLog>,
+        fail_on: Mutex<Option<usize>>,
+        appends: Mutex<Vec<PartSeen>>,
+    }
+
+    impl EventLog for InParts {
+        fn most_records_per_append(&self) -> Option<usize> {
+            Some(2)
+        }
+
+        fn append<'life0, 'async_trait>(
+            &'life0 self,
+            batch: AppendBatch,
+        ) -> LogFuture<'async_trait, Vec<AppendOutcome>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                let call = {
+                    let mut appends = self.appends.lock().expect("not poisoned");
+                    appends.push((batch.records.len(), batch.expectations.clone()));
+                    appends.len()
+                };
+                let fails = {
+                    let mut fail_on = self.fail_on.lock().expect("not poisoned");
+                    let fails = *fail_on == Some(call);
+                    if fails {
+                        *fail_on = None;
+                    }
+                    fails
+                };
+                if fails {
+                    return Err(LogError::Unavailable(
+                        "the test's link went down".to_owned(),
+                    ));
+                }
+                self.inner.append(batch).await
+            })
+        }
+
+        fn read<'life0, 'async_trait>(
+            &'life0 self,
+            from: u64,
+            max: usize,
+        ) -> LogFuture<'async_trait, Vec<Record>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.read(from, max)
+        }
+
+        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.head()
+        }
+
+        fn stream_version<'life0, 'life1, 'async_trait>(
+            &'life0 self,
+            stream: &'life1 str,
+        ) -> LogFuture<'async_trait, u64>
+        where
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.stream_version(stream)
+        }
+
+        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
+            self.inner.tail(from)
+        }
+    }
+
+    /// A whole import goes into a log with a small atomic batch in parts;
+    /// a stream written by an earlier part is expected where that part left
+    /// it; a part failing leaves the parts before it stored, the state
+    /// rebuilds from the log, and sending the import again completes it
+    /// with the stored part as duplicates, every event stored once.
+    #[tokio::test]
+    async fn an_import_goes_into_the_log_in_parts_and_a_failed_part_is_completed_by_a_retry() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let log = Arc::new(InParts {
+            inner: Arc::new(
+                EmbeddedLog::open(directory.path().join("log"), EmbeddedOptions::default())
+                    .expect("an embedded log"),
+            ),
+            fail_on: Mutex::new(Some(2)),
+            appends: Mutex::new(Vec::new()),
+        });
+        let (checkpointer, _) = Checkpointer::open(
+            &directory.path().join("checkpoint"),
+            "ingest",
+            true,
+            |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
+        )
+        .await
+        .expect("a checkpointer");
+        let state = Arc::new(AdmissionState::new(
+            Arc::clone(&log) as Arc<dyn EventLog>,
+            checkpointer,
+            Admitted::default(),
+        ));
+        let import = || {
+            parsed(vec![
+                registered("r-1", "L-1"),
+                injected("i-1", "L-1", "2020-02-03"),
+                registered("r-2", "L-2"),
+                injected("i-2", "L-2", "2020-02-03"),
+                injected("i-3", "L-1", "2020-05-04"),
+            ])
+        };
+
+        let failed = state
+            .admit_and_append_as(
+                import(),
+                WriterScope::AnyCentre,
+                "t".to_owned(),
+                AppendUnit::InLogBatches,
+            )
+            .await;
+        assert!(
+            matches!(
+                failed,
+                Err(AdmitError::Service(ServiceError::Unavailable(_)))
+            ),
+            "{failed:?}"
+        );
+        assert_eq!(log.head().await.expect("a head"), 2, "the first part stays");
+
+        let stored = state
+            .admit_and_append_as(
+                import(),
+                WriterScope::AnyCentre,
+                "t".to_owned(),
+                AppendUnit::InLogBatches,
+            )
+            .await
+            .expect("the retry completes the import");
+        let outcomes: Vec<(u64, bool)> = stored
+            .iter()
+            .map(|stored| (stored.position, stored.duplicate))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![(1, true), (2, true), (3, false), (4, false), (5, false)]
+        );
+        let keys: Vec<String> = log
+            .read(1, 10)
+            .await
+            .expect("the log reads")
+            .iter()
+            .map(|record| record.key.to_string())
+            .collect();
+        assert_eq!(keys, ["r-1", "i-1", "r-2", "i-2", "i-3"]);
+
+        // The retry's parts: [r-1 i-1] (duplicates) [r-2 i-2] [i-3], i-3's
+        // patient expected where the first part of the first try left it.
+        let appends = log.appends.lock().expect("not poisoned").clone();
+        let sizes: Vec<usize> = appends.iter().map(|(size, _)| *size).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 2, 1]);
+        assert_eq!(
+            appends[4].1,
+            vec![("leeds.L-1".to_owned(), ExpectedVersion::At(2))]
+        );
+        let ours = state.state.lock().await;
+        let reference = folded_from_the_log(log.as_ref()).await;
+        assert!(!ours.stale);
+        assert_eq!(ours.position, reference.position);
+        assert_eq!(ours.stream_versions, reference.stream_versions);
     }
 }

@@ -16,6 +16,10 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+/// Events per message of an `Ingest.Import` stream: as many as one
+/// `Ingest.Append` request of `toxaudit import --server` has always carried.
+pub const EVENTS_PER_MESSAGE: usize = 1000;
+
 /// Errors of connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -128,6 +132,28 @@ impl ServiceClient {
         Ok(self
             .ingest()
             .append(AppendRequest { events })
+            .await?
+            .into_inner())
+    }
+
+    /// Imports `events` as one unit through `Ingest.Import`: every event is
+    /// checked as if the ones before it were appended, and if any is
+    /// refused nothing is appended (the refusals' `index` counts over all of
+    /// `events`). Sent as a stream of messages of [`EVENTS_PER_MESSAGE`].
+    pub async fn import(
+        &self,
+        events: Vec<proto::v1::Event>,
+    ) -> Result<AppendResponse, tonic::Status> {
+        let mut messages = Vec::with_capacity(events.len().div_ceil(EVENTS_PER_MESSAGE));
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            messages.push(AppendRequest {
+                events: events.by_ref().take(EVENTS_PER_MESSAGE).collect(),
+            });
+        }
+        Ok(self
+            .ingest()
+            .import(futures::stream::iter(messages))
             .await?
             .into_inner())
     }

@@ -3,13 +3,15 @@
 //!
 //! An import through the server checks every line against the contract
 //! locally first (so a bad file is refused with `FILE:LINE: field: reason`
-//! and nothing is sent), then sends the events in `Ingest.Append` requests of
-//! up to [`EVENTS_PER_REQUEST`] events. Each request is all or nothing on
-//! the server, which checks it against the log; a file of up to that many
-//! events is therefore imported all or nothing, exactly like `--data-dir`. A
-//! larger file is imported request by request: when one is refused, the
-//! requests before it stay appended, and the summary says how many (importing
-//! the fixed file again is safe: what is stored comes back as duplicates).
+//! and nothing is sent), then sends all the files' events in one
+//! `Ingest.Import` call, which the server checks whole against the log
+//! before appending anything: if any event is refused, nothing is appended,
+//! exactly like `--data-dir` (spec/events.md, "Bad input"). Only an import
+//! of more than [`ingest::MOST_EVENTS_PER_IMPORT`] events is sent in several
+//! calls, each all or nothing on its own (said before anything is sent):
+//! when one is refused, the calls before it stay appended, and the summary
+//! says how many (importing the fixed file again is safe: what is stored
+//! comes back as duplicates).
 
 use std::{collections::HashSet, path::PathBuf, process::ExitCode};
 
@@ -21,11 +23,9 @@ use service_kit::client::{ServiceClient, refused_events};
 
 use super::import::{changed_since_checked, for_each_line};
 
-/// Events per `Ingest.Append` request: one atomic batch on the server. On
-/// NATS an atomic batch holds at most 1000 messages
-/// (`eventlog::jetstream::MAX_ATOMIC_BATCH`), so larger requests would be
-/// refused there.
-pub const EVENTS_PER_REQUEST: usize = eventlog::jetstream::MAX_ATOMIC_BATCH;
+/// Events per `Ingest.Import` call: the server admits a call whole, in
+/// memory, and takes at most this many.
+pub const EVENTS_PER_REQUEST: usize = ingest::MOST_EVENTS_PER_IMPORT;
 
 /// How to reach the services.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,12 +84,16 @@ pub fn import(
     let quiet = ProgressBar::hidden();
     // What was checked is all that is sent: bytes read of each file.
     let mut checked_bytes = Vec::with_capacity(files.len());
+    let mut to_send = 0;
     for path in files {
         let read = for_each_line(path, &quiet, None, |line_number, line| {
-            if let Err(refusal) = line.and_then(|line| domain::ndjson::parse_line(line, today)) {
-                totals.refused += 1;
-                for reason in &refusal.reasons {
-                    println!("{}:{line_number}: {reason}", path.display());
+            match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
+                Ok(_) => to_send += 1,
+                Err(refusal) => {
+                    totals.refused += 1;
+                    for reason in &refusal.reasons {
+                        println!("{}:{line_number}: {reason}", path.display());
+                    }
                 }
             }
         })?;
@@ -109,6 +113,11 @@ pub fn import(
 
     let runtime = super::runtime()?;
     let client = runtime.block_on(server.connect())?;
+    if to_send > EVENTS_PER_REQUEST {
+        eprintln!(
+            "note: more than {EVENTS_PER_REQUEST} events: sent in parts of {EVENTS_PER_REQUEST}, each all or nothing on its own; a refused part leaves the parts before it appended"
+        );
+    }
     let mut batch: Vec<(Origin, proto::v1::Event)> = Vec::new();
     // The first failure (or refusal) stops the import.
     let mut stopped: Option<anyhow::Result<Sent>> = None;
@@ -137,11 +146,15 @@ pub fn import(
         None => runtime.block_on(send(&client, batch, files, skip_invalid, &mut totals)),
     };
     if let Sent::Refused = last? {
-        eprintln!(
-            "refused: the server refused a request, which appended nothing \
-             ({} event(s) appended by earlier requests)",
-            totals.appended
-        );
+        if totals.appended == 0 && totals.duplicates == 0 {
+            eprintln!("refused: the server refused the import, which appended nothing");
+        } else {
+            eprintln!(
+                "refused: the server refused a part of the import, which appended nothing \
+                 ({} event(s) appended by earlier parts)",
+                totals.appended
+            );
+        }
         return Ok(ExitCode::from(1));
     }
     eprintln!(
@@ -173,7 +186,7 @@ async fn send(
 ) -> anyhow::Result<Sent> {
     while !batch.is_empty() {
         let events = batch.iter().map(|(_, event)| event.clone()).collect();
-        match client.append(events).await {
+        match client.import(events).await {
             Ok(response) => {
                 for (outcome, (origin, _)) in response.outcomes.iter().zip(&batch) {
                     if outcome.duplicate {

@@ -252,3 +252,62 @@ fn a_line_of_another_centre_is_refused_on_its_line_and_can_be_skipped() {
         .success()
         .stderr(predicate::str::contains("appended 1, duplicates 0"));
 }
+
+/// events.md, "Bad input": an import file is checked whole first, and if
+/// any line is refused nothing is appended. Through the server a file used
+/// to go in requests of 1000 events, so a refusal on line 1501 left the
+/// first 1000 stored (exit 1, "1000 event(s) appended by earlier
+/// requests"); now the whole file is one `Ingest.Import`.
+#[test]
+fn a_file_of_more_than_1000_events_refused_on_its_last_line_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, "a-test-secret-of-at-least-sixteen-bytes").unwrap();
+    let demo = toxaudit()
+        .args(["demo-data", "paper2019", "--seed", "1"])
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{demo:?}");
+    let demo = String::from_utf8(demo.stdout).unwrap();
+    let good: Vec<&str> = demo.lines().take(1500).collect();
+    assert_eq!(good.len(), 1500);
+    let unregistered = INJECTED.replace("L-0001", "L-NOBODY");
+    let mut refused_lines = good.clone();
+    refused_lines.push(&unregistered);
+    let refused = write_file(dir.path(), "refused.ndjson", &refused_lines);
+    let fixed = write_file(dir.path(), "fixed.ndjson", &good);
+
+    // What the fixed file appends to an empty log, offline.
+    let offline = toxaudit()
+        .args(["import", "--data-dir"])
+        .arg(dir.path().join("offline"))
+        .arg(&fixed)
+        .output()
+        .unwrap();
+    assert!(offline.status.success(), "{offline:?}");
+    let offline_summary = String::from_utf8(offline.stderr)
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("appended "))
+        .unwrap()
+        .to_owned();
+
+    let up = Up::start(&dir.path().join("served"), &secret);
+    let admin = token(&secret, "all", "admin");
+    toxaudit()
+        .args(["import", "--server", &up.grpc_url, "--token", &admin])
+        .arg(&refused)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("refused.ndjson:1501: "))
+        .stderr(predicate::str::contains("appended nothing"))
+        .stderr(predicate::str::contains("appended by earlier").not());
+    // Nothing of the refused file was stored: the fixed one appends exactly
+    // what it appends to an empty log.
+    toxaudit()
+        .args(["import", "--server", &up.grpc_url, "--token", &admin])
+        .arg(&fixed)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(offline_summary));
+}

@@ -1128,6 +1128,12 @@ impl EventLog for JetStreamLog {
         }
     }
 
+    /// [`MAX_ATOMIC_BATCH`] for atomic batches; none for the sequential
+    /// fallback, which is not atomic anyway.
+    fn most_records_per_append(&self) -> Option<usize> {
+        self.inner.atomic.then_some(MAX_ATOMIC_BATCH)
+    }
+
     async fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
         let from = from.max(1);
         if max == 0 {

@@ -220,6 +220,7 @@ async fn a_key_older_than_the_duplicate_window_is_still_a_duplicate_or_a_conflic
 async fn a_batch_larger_than_an_atomic_batch_may_hold_is_refused_whole() -> Result<()> {
     let server = NatsServer::start().await?;
     let log = JetStreamLog::connect(&server.url(), test_options(BatchMode::Atomic)).await?;
+    ensure!(log.most_records_per_append() == Some(eventlog::jetstream::MAX_ATOMIC_BATCH));
     let records = (0..=eventlog::jetstream::MAX_ATOMIC_BATCH)
         .map(|n| record(&format!("e-{n}"), "leeds.L-1", "x"))
         .collect();

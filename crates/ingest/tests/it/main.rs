@@ -412,3 +412,134 @@ async fn every_event_of_another_centre_is_named_on_its_centre() -> anyhow::Resul
     assert_eq!(running.log.head().await?, 0, "nothing is appended");
     running.stop().await
 }
+
+/// `count` events for patients `L-0` to `L-<patients - 1>`: each patient's
+/// registration, then injections dealt round the patients 90 days apart
+/// from 2000 on (so one patient's events are spread over every part of a
+/// long import, and every date is in the past).
+fn cohort(count: usize, patients: usize) -> Vec<Event> {
+    let mut events: Vec<Event> = (0..patients)
+        .map(|patient| Event {
+            occurred_on: "1999-12-01".to_owned(),
+            ..registered(&format!("r-{patient}"), &format!("L-{patient}"))
+        })
+        .collect();
+    let start =
+        time::Date::from_calendar_date(2000, time::Month::January, 3).unwrap_or(time::Date::MIN);
+    let mut dose = 0;
+    while events.len() < count {
+        let patient = dose % patients;
+        let occurred_on = start + time::Duration::days(90 * (dose / patients) as i64);
+        events.push(injected(
+            &format!("i-{dose}"),
+            &format!("L-{patient}"),
+            &occurred_on.to_string(),
+            200,
+        ));
+        dose += 1;
+    }
+    events
+}
+
+/// An injection of a patient never registered: refused on its `patient`.
+fn unregistered_injection() -> Event {
+    injected("bad-1", "L-NOBODY", "2020-03-01", 200)
+}
+
+/// events.md, "Bad input": a file is checked whole first; if any line is
+/// refused nothing is appended. `toxaudit import --server` used to send a
+/// file in requests of 1000, so a refusal at line 1501 left 1000 events
+/// stored; `Import` admits the whole stream as one.
+#[tokio::test]
+async fn an_import_is_checked_whole_and_appends_nothing_when_any_event_is_refused()
+-> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+    let mut events = cohort(1500, 40);
+    events.push(unregistered_injection());
+    let refused = running.client.import(events.clone()).await;
+    let status = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the import was accepted"))?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = refused_events(&status).ok_or_else(|| anyhow::anyhow!("no details"))?;
+    let indexes: Vec<u32> = details.events.iter().map(|event| event.index).collect();
+    assert_eq!(indexes, vec![1500], "counted over the whole stream");
+    assert_eq!(running.log.head().await?, 0, "nothing appended");
+
+    events.pop();
+    let response = running.client.import(events.clone()).await?;
+    let positions: Vec<u64> = response.outcomes.iter().map(|o| o.position).collect();
+    assert_eq!(positions, (1..=1500).collect::<Vec<u64>>());
+    assert_eq!(response.head, 1500);
+    let again = running.client.import(events).await?;
+    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
+    assert_eq!(running.log.head().await?, 1500);
+    running.stop().await
+}
+
+/// On NATS an atomic batch holds at most 1000 records: an import larger than
+/// that is still admitted whole (a refusal appends nothing), then appended
+/// in parts, each patient's stream expected where the part before left it.
+#[tokio::test]
+async fn an_import_larger_than_an_atomic_batch_goes_into_jetstream_in_parts() -> anyhow::Result<()>
+{
+    let server = test_support::NatsServer::start().await?;
+    let log: Arc<dyn EventLog> = Arc::new(
+        eventlog::JetStreamLog::connect(
+            &server.url(),
+            eventlog::JetStreamOptions {
+                prefix: "ingest-test".to_owned(),
+                stream_name: "INGEST_EVENTS".to_owned(),
+                ..eventlog::JetStreamOptions::default()
+            },
+        )
+        .await?,
+    );
+    assert_eq!(log.most_records_per_append(), Some(1000));
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        Arc::clone(&log),
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+
+    let mut events = cohort(2500, 30);
+    events.push(unregistered_injection());
+    let refused = running.client.import(events.clone()).await;
+    let status = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the import was accepted"))?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(log.head().await?, 0, "nothing appended");
+
+    events.pop();
+    let response = running.client.import(events.clone()).await?;
+    let positions: Vec<u64> = response.outcomes.iter().map(|o| o.position).collect();
+    assert_eq!(positions, (1..=2500).collect::<Vec<u64>>());
+    let stored = log.read(1, 3000).await?;
+    let keys: Vec<&str> = stored.iter().map(|record| &*record.key).collect();
+    let sent: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
+    assert_eq!(keys, sent, "stored whole, in order");
+    for patient in ["L-0", "L-29"] {
+        let last = stored
+            .iter()
+            .rev()
+            .find(|record| &*record.stream == format!("leeds.{patient}").as_str())
+            .map(|record| record.position);
+        assert_eq!(
+            Some(log.stream_version(&format!("leeds.{patient}")).await?),
+            last
+        );
+    }
+    let again = running.client.import(events).await?;
+    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
+    assert_eq!(log.head().await?, 2500);
+    running.stop().await
+}
