@@ -126,7 +126,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_ref()
             .is_none_or(|centre| *centre == recorded.event.centre)
     })?;
-    let report = cohort.report();
+    let mut report = cohort.report();
+    if let Some(centre) = &args.centre {
+        // Only this centre's events were folded, so `all` would be this
+        // centre under the network's name: keep the centre's scope alone
+        // (zero counts when it has no patient), as the server answers
+        // `--centre` too.
+        let own = report
+            .scopes
+            .get(centre.as_str())
+            .copied()
+            .unwrap_or_default();
+        report.scopes = [(centre.as_str().to_owned(), own)].into_iter().collect();
+    }
     let mut text = render(&report, args.format);
     if !text.ends_with('\n') {
         text.push('\n');

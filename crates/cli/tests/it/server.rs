@@ -145,6 +145,41 @@ fn import_and_report_through_the_server_match_the_offline_forms() {
     assert_eq!(served_report, offline_report);
     assert_eq!(served_report["scopes"]["all"]["snr"]["n"], 68);
 
+    // One centre: the same report offline and through the server, that
+    // centre's scope alone (offline used to add an `all` scope holding only
+    // that centre's numbers under the network's name).
+    let offline_leeds = json_report(&[
+        "report",
+        "--format",
+        "json",
+        "--centre",
+        "leeds",
+        "--data-dir",
+        offline.to_str().unwrap(),
+    ]);
+    let served_leeds = json_report(&[
+        "report",
+        "--format",
+        "json",
+        "--centre",
+        "leeds",
+        "--server",
+        &up.grpc_url,
+        "--token",
+        &admin,
+    ]);
+    assert_eq!(served_leeds, offline_leeds);
+    let scopes: Vec<&String> = offline_leeds["scopes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(scopes, ["leeds"]);
+    assert_eq!(
+        offline_leeds["scopes"]["leeds"],
+        offline_report["scopes"]["leeds"]
+    );
+
     // Importing the same file again appends nothing.
     toxaudit()
         .args(["import", "--server", &up.grpc_url, "--token", &admin])
