@@ -477,6 +477,25 @@ async fn a_centre_cannot_publish_into_another_centres_subjects() -> anyhow::Resu
         "unexpected server error: {refusal}"
     );
 
+    // Nor may it rewrite its own centre's stream: deletes and purges are
+    // denied, but an update lowering its message limit would cut the record
+    // short just the same.
+    let own = async_nats::jetstream::new(leeds_client.clone());
+    let mut shrunk = own
+        .get_stream("TOXAUDIT_EVENTS")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    shrunk.max_messages = 1;
+    let update = tokio::time::timeout(Duration::from_secs(5), own.update_stream(shrunk)).await;
+    assert!(
+        !matches!(update, Ok(Ok(_))),
+        "leeds' services user updated its own stream: {update:?}"
+    );
+    assert_eq!(network.centre(LEEDS).head().await?, leeds_head);
+
     // Nor may it reach salford-royal's JetStream through the hub, which the
     // hub itself can.
     let across = tokio::time::timeout(

@@ -1339,7 +1339,11 @@ async fn ensure_stream(
         let mut updated = info.config.clone();
         updated.allow_atomic_publish = true;
         jetstream.update_stream(updated).await.map_err(|error| {
-            LogError::Unavailable(format!("allowing atomic batches on {name}: {error}"))
+            LogError::Unavailable(format!(
+                "stream {name} predates atomic batches and could not be changed to allow them ({error}); \
+                 a centre's services may not update streams (deploy/nats/leaf.conf.template): \
+                 set allow_atomic on {name} once with an account that may update streams"
+            ))
         })?;
     }
     Ok(())
