@@ -68,12 +68,15 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr (stdout carries data: NDJSON, reports); `RUST_LOG`
-/// chooses the level, warnings by default.
+/// chooses the level, warnings by default. Colours only on a terminal: under
+/// journald or a log file they would be escape codes in every line.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
