@@ -28,15 +28,28 @@ pub struct Args {
     service: Service,
     #[command(flatten)]
     options: ServiceOptions,
-    /// reporting only: also serve the dashboard, its API, /metrics and /healthz on this HOST:PORT.
+    /// reporting only: also serve the dashboard, its API, /metrics and
+    /// /healthz on this HOST:PORT (or the configuration file's `http_addr`).
     #[arg(long, env = "TOXAUDIT_HTTP_ADDR")]
     http_addr: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&args.options, None, SecretPolicy::Require)?;
+    let settings = Settings::resolve(
+        &args.options,
+        args.http_addr.as_deref(),
+        SecretPolicy::Require,
+    )?;
+    // Only reporting has an HTTP side; the address of the flag, the
+    // variable or the file, never the default of `up`.
+    let http_addr = settings.http_addr_asked.then(|| settings.http_addr.clone());
+    if args.service != Service::Reporting && args.http_addr.is_some() {
+        eprintln!(
+            "toxaudit: --http-addr (or TOXAUDIT_HTTP_ADDR) is ignored: only serve reporting has an HTTP side"
+        );
+    }
     let runtime = service_runtime()?;
-    runtime.block_on(serve(args.service, settings, args.http_addr))?;
+    runtime.block_on(serve(args.service, settings, http_addr))?;
     Ok(ExitCode::SUCCESS)
 }
 

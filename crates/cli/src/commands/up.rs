@@ -234,6 +234,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// Whether `http_addr` was asked for (flag, variable or file) rather
+    /// than the default: `serve reporting` serves HTTP only then.
+    pub http_addr_asked: bool,
     pub nats: Option<String>,
     pub nats_prefix: String,
     /// How to authenticate to NATS (Debug never shows the secret).
@@ -308,6 +311,7 @@ impl Settings {
                 .clone()
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.to_owned()),
+            http_addr_asked: http_addr.is_some() || file.http_addr.is_some(),
             http_addr: http_addr
                 .map(str::to_owned)
                 .or(file.http_addr)
@@ -663,7 +667,43 @@ mod tests {
         assert_eq!(settings.grpc_addr, "127.0.0.1:2");
         assert_eq!(settings.nats.as_deref(), Some("nats://file:4222"));
         assert_eq!(settings.http_addr, DEFAULT_HTTP_ADDR);
+        assert!(!settings.http_addr_asked, "the default is not asked for");
         assert_eq!(settings.nats_prefix, DEFAULT_NATS_PREFIX);
+    }
+
+    /// `serve reporting` serves HTTP on the file's `http_addr` too (it used
+    /// to read only the flag and the variable, found by the operator review).
+    #[test]
+    fn the_file_s_http_addr_is_asked_for_as_the_flag_is() {
+        let directory = tempfile::tempdir().unwrap();
+        let secret = directory.path().join("jwt.secret");
+        std::fs::write(&secret, "a-test-secret-of-at-least-sixteen-bytes").unwrap();
+        let config = directory.path().join("toxaudit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "http_addr = \"127.0.0.1:9\"\njwt_secret_file = \"{}\"\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let config = config.display().to_string();
+        let from_file = Settings::resolve(
+            &options(&["--config", &config]),
+            None,
+            SecretPolicy::Require,
+        )
+        .unwrap();
+        assert!(from_file.http_addr_asked);
+        assert_eq!(from_file.http_addr, "127.0.0.1:9");
+        let from_flag = Settings::resolve(
+            &options(&["--config", &config]),
+            Some("127.0.0.1:10"),
+            SecretPolicy::Require,
+        )
+        .unwrap();
+        assert!(from_flag.http_addr_asked);
+        assert_eq!(from_flag.http_addr, "127.0.0.1:10");
     }
 
     #[test]
