@@ -685,7 +685,7 @@ async fn clients_without_credentials_are_refused_and_the_services_with_credentia
         );
         let log = JetStreamLog::connect(url, JetStreamOptions::default()).await;
         assert!(
-            matches!(&log, Err(LogError::Invalid(reason)) if reason.contains("refused")),
+            matches!(&log, Err(LogError::Configuration(reason)) if reason.contains("refused")),
             "{url}: {:?}",
             log.err()
         );

@@ -129,6 +129,12 @@ pub enum LogError {
     /// The request itself is malformed (empty key, oversized record, …).
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// The log cannot be opened as configured: a bad URL or options,
+    /// credentials the server refused, a stream of another shape or one
+    /// this user may not change. Fix the configuration; retrying will not
+    /// help.
+    #[error("{0}")]
+    Configuration(String),
     /// The log cannot be reached or written now; retrying later may succeed.
     /// Nothing of the batch is stored when this is returned from `append`,
     /// unless the backend says otherwise in its docs.

@@ -80,7 +80,7 @@ impl CentreSource {
                 .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
             && centre != "all";
         if !centre_is_valid {
-            return Err(LogError::Invalid(format!(
+            return Err(LogError::Configuration(format!(
                 "centre {centre:?} must be 2 to 32 characters of [a-z0-9-] and not \"all\""
             )));
         }
@@ -89,7 +89,7 @@ impl CentreSource {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
         if !domain_is_valid {
-            return Err(LogError::Invalid(format!(
+            return Err(LogError::Configuration(format!(
                 "jetstream domain {domain:?} must be non-empty [A-Za-z0-9_-]"
             )));
         }

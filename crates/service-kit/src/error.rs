@@ -104,7 +104,9 @@ impl From<LogError> for ServiceError {
             LogError::WrongExpectedVersion { .. } => ServiceError::Aborted(error.to_string()),
             LogError::Invalid(_) => ServiceError::invalid(error.to_string()),
             LogError::Unavailable(_) => ServiceError::Unavailable(error.to_string()),
-            LogError::Corrupt(_) | LogError::Io(_) => ServiceError::Internal(error.to_string()),
+            LogError::Corrupt(_) | LogError::Io(_) | LogError::Configuration(_) => {
+                ServiceError::Internal(error.to_string())
+            }
         }
     }
 }

@@ -301,7 +301,7 @@ impl JetStreamLog {
     /// `options.auth`, or the credentials written in the URL, and opens
     /// (creating if needed) the streams. An unreachable server is
     /// [`LogError::Unavailable`]; a bad URL or refused credentials are
-    /// [`LogError::Invalid`] (retrying will not help). Messages never carry
+    /// [`LogError::Configuration`] (retrying will not help). Messages never carry
     /// the password.
     pub async fn connect(url: &str, options: JetStreamOptions) -> Result<JetStreamLog, LogError> {
         let client = crate::nats_auth::connect_nats(
@@ -312,7 +312,7 @@ impl JetStreamLog {
         .await
         .map_err(|error| match error {
             crate::NatsConnectError::Unreachable(reason) => LogError::Unavailable(reason),
-            refused => LogError::Invalid(refused.to_string()),
+            refused => LogError::Configuration(refused.to_string()),
         })?;
         JetStreamLog::with_client(client, options).await
     }
@@ -350,7 +350,7 @@ impl JetStreamLog {
         options: JetStreamOptions,
     ) -> Result<JetStreamLog, LogError> {
         if !subjects::valid_prefix(&options.prefix) {
-            return Err(LogError::Invalid(format!(
+            return Err(LogError::Configuration(format!(
                 "subject prefix {:?} must be dot-separated tokens of [A-Za-z0-9_-]",
                 options.prefix
             )));
@@ -361,13 +361,13 @@ impl JetStreamLog {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
         {
-            return Err(LogError::Invalid(format!(
+            return Err(LogError::Configuration(format!(
                 "stream name {:?} must be non-empty [A-Za-z0-9_-]",
                 options.stream_name
             )));
         }
         if options.duplicate_window < Duration::from_secs(1) {
-            return Err(LogError::Invalid(
+            return Err(LogError::Configuration(
                 "the duplicate window must be at least one second".to_owned(),
             ));
         }
@@ -375,7 +375,7 @@ impl JetStreamLog {
         let atomic = match options.batch_mode {
             BatchMode::Auto => server_has_atomic_batches,
             BatchMode::Atomic if !server_has_atomic_batches => {
-                return Err(LogError::Invalid(format!(
+                return Err(LogError::Configuration(format!(
                     "atomic batches need nats-server 2.12 or later, the server is {}",
                     client.server_info().version
                 )));
@@ -1330,7 +1330,7 @@ async fn ensure_stream(
         .await
         .map_err(|error| LogError::Unavailable(format!("reading stream {name}: {error}")))?;
     if info.config.subjects != config.subjects {
-        return Err(LogError::Invalid(format!(
+        return Err(LogError::Configuration(format!(
             "stream {name} exists with subjects {:?}, expected {:?}",
             info.config.subjects, config.subjects
         )));
@@ -1339,7 +1339,7 @@ async fn ensure_stream(
         let mut updated = info.config.clone();
         updated.allow_atomic_publish = true;
         jetstream.update_stream(updated).await.map_err(|error| {
-            LogError::Unavailable(format!(
+            LogError::Configuration(format!(
                 "stream {name} predates atomic batches and could not be changed to allow them ({error}); \
                  a centre's services may not update streams (deploy/nats/leaf.conf.template): \
                  set allow_atomic on {name} once with an account that may update streams"
