@@ -242,6 +242,26 @@ fn outcomes_of(stored: Vec<Stored>) -> Vec<EventOutcome> {
         .collect()
 }
 
+/// The answer to an `Append` or `Import` whose events are stored, logged
+/// as `what`.
+fn answer(principal: &Principal, stored: Vec<Stored>, what: &'static str) -> AppendResponse {
+    let head = stored
+        .iter()
+        .map(|stored| stored.position)
+        .max()
+        .unwrap_or(0);
+    tracing::info!(
+        principal = %principal.subject,
+        events = stored.len(),
+        head,
+        "{what}"
+    );
+    AppendResponse {
+        outcomes: outcomes_of(stored),
+        head,
+    }
+}
+
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn append(
@@ -250,25 +270,10 @@ impl Ingest for IngestService {
     ) -> Result<Response<AppendResponse>, Status> {
         let principal = auth::principal(&request)?;
         let events = request.into_inner().events;
-        let count = events.len();
         let stored = self
             .append_batch(&principal, events, 0, AppendUnit::Atomic)
             .await?;
-        let head = stored
-            .iter()
-            .map(|stored| stored.position)
-            .max()
-            .unwrap_or(0);
-        tracing::info!(
-            principal = %principal.subject,
-            events = count,
-            head,
-            "batch appended"
-        );
-        Ok(Response::new(AppendResponse {
-            outcomes: outcomes_of(stored),
-            head,
-        }))
+        Ok(Response::new(answer(&principal, stored, "batch appended")))
     }
 
     async fn append_stream(
@@ -326,24 +331,9 @@ impl Ingest for IngestService {
                 .into_status());
             }
         }
-        let count = events.len();
         let stored = self
             .append_batch(&principal, events, 0, AppendUnit::InLogBatches)
             .await?;
-        let head = stored
-            .iter()
-            .map(|stored| stored.position)
-            .max()
-            .unwrap_or(0);
-        tracing::info!(
-            principal = %principal.subject,
-            events = count,
-            head,
-            "import appended"
-        );
-        Ok(Response::new(AppendResponse {
-            outcomes: outcomes_of(stored),
-            head,
-        }))
+        Ok(Response::new(answer(&principal, stored, "import appended")))
     }
 }

@@ -1054,6 +1054,49 @@ mod tests {
 
     type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
 
+    /// Everything of a test log but `append`, read from its `inner` log
+    /// (written out as `async_trait` expands it; the crate does not depend
+    /// on it).
+    macro_rules! reads_from_inner {
+        () => {
+            fn read<'life0, 'async_trait>(
+                &'life0 self,
+                from: u64,
+                max: usize,
+            ) -> LogFuture<'async_trait, Vec<Record>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                self.inner.read(from, max)
+            }
+
+            fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                self.inner.head()
+            }
+
+            fn stream_version<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                stream: &'life1 str,
+            ) -> LogFuture<'async_trait, u64>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                self.inner.stream_version(stream)
+            }
+
+            fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
+                self.inner.tail(from)
+            }
+        };
+    }
+
     /// A log on which "another writer" appends its queued batch just before
     /// ingest's next append reaches the log: after ingest's catch-up.
     #[derive(Debug)]
@@ -1087,41 +1130,7 @@ mod tests {
             })
         }
 
-        fn read<'life0, 'async_trait>(
-            &'life0 self,
-            from: u64,
-            max: usize,
-        ) -> LogFuture<'async_trait, Vec<Record>>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.read(from, max)
-        }
-
-        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.head()
-        }
-
-        fn stream_version<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            stream: &'life1 str,
-        ) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.stream_version(stream)
-        }
-
-        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
-            self.inner.tail(from)
-        }
+        reads_from_inner!();
     }
 
     fn today() -> ClinicalDate {
@@ -1481,41 +1490,7 @@ mod tests {
             })
         }
 
-        fn read<'life0, 'async_trait>(
-            &'life0 self,
-            from: u64,
-            max: usize,
-        ) -> LogFuture<'async_trait, Vec<Record>>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.read(from, max)
-        }
-
-        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.head()
-        }
-
-        fn stream_version<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            stream: &'life1 str,
-        ) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.stream_version(stream)
-        }
-
-        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
-            self.inner.tail(from)
-        }
+        reads_from_inner!();
     }
 
     struct GatedFixture {
@@ -1858,41 +1833,7 @@ mod tests {
             })
         }
 
-        fn read<'life0, 'async_trait>(
-            &'life0 self,
-            from: u64,
-            max: usize,
-        ) -> LogFuture<'async_trait, Vec<Record>>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.read(from, max)
-        }
-
-        fn head<'life0, 'async_trait>(&'life0 self) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.head()
-        }
-
-        fn stream_version<'life0, 'life1, 'async_trait>(
-            &'life0 self,
-            stream: &'life1 str,
-        ) -> LogFuture<'async_trait, u64>
-        where
-            'life0: 'async_trait,
-            'life1: 'async_trait,
-            Self: 'async_trait,
-        {
-            self.inner.stream_version(stream)
-        }
-
-        fn tail(&self, from: u64) -> BoxStream<'static, Result<Record, LogError>> {
-            self.inner.tail(from)
-        }
+        reads_from_inner!();
     }
 
     /// A whole import goes into a log with a small atomic batch in parts;

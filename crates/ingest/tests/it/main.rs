@@ -446,6 +446,38 @@ fn unregistered_injection() -> Event {
     injected("bad-1", "L-NOBODY", "2020-03-01", 200)
 }
 
+/// Imports `events` and an unregistered patient's injection after them:
+/// refused on that event alone (its index counted over the whole stream),
+/// nothing appended; then `events` alone: every one appended, at 1 to n in
+/// order; then again: every one a duplicate.
+async fn refused_whole_then_imported(running: &Running, events: &[Event]) -> anyhow::Result<()> {
+    let mut refused_file = events.to_vec();
+    refused_file.push(unregistered_injection());
+    let refused = running.client.import(refused_file).await;
+    let status = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("the import was accepted"))?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = refused_events(&status).ok_or_else(|| anyhow::anyhow!("no details"))?;
+    let indexes: Vec<u32> = details.events.iter().map(|event| event.index).collect();
+    assert_eq!(
+        indexes,
+        vec![u32::try_from(events.len())?],
+        "counted over the whole stream"
+    );
+    assert_eq!(running.log.head().await?, 0, "nothing appended");
+
+    let count = u64::try_from(events.len())?;
+    let response = running.client.import(events.to_vec()).await?;
+    let positions: Vec<u64> = response.outcomes.iter().map(|o| o.position).collect();
+    assert_eq!(positions, (1..=count).collect::<Vec<u64>>());
+    assert_eq!(response.head, count);
+    let again = running.client.import(events.to_vec()).await?;
+    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
+    assert_eq!(running.log.head().await?, count);
+    Ok(())
+}
+
 /// events.md, "Bad input": a file is checked whole first; if any line is
 /// refused nothing is appended. `toxaudit import --server` used to send a
 /// file in requests of 1000, so a refusal at line 1501 left 1000 events
@@ -460,26 +492,7 @@ async fn an_import_is_checked_whole_and_appends_nothing_when_any_event_is_refuse
         Role::Clinician,
     )
     .await?;
-    let mut events = cohort(1500, 40);
-    events.push(unregistered_injection());
-    let refused = running.client.import(events.clone()).await;
-    let status = refused
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("the import was accepted"))?;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    let details = refused_events(&status).ok_or_else(|| anyhow::anyhow!("no details"))?;
-    let indexes: Vec<u32> = details.events.iter().map(|event| event.index).collect();
-    assert_eq!(indexes, vec![1500], "counted over the whole stream");
-    assert_eq!(running.log.head().await?, 0, "nothing appended");
-
-    events.pop();
-    let response = running.client.import(events.clone()).await?;
-    let positions: Vec<u64> = response.outcomes.iter().map(|o| o.position).collect();
-    assert_eq!(positions, (1..=1500).collect::<Vec<u64>>());
-    assert_eq!(response.head, 1500);
-    let again = running.client.import(events).await?;
-    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
-    assert_eq!(running.log.head().await?, 1500);
+    refused_whole_then_imported(&running, &cohort(1500, 40)).await?;
     running.stop().await
 }
 
@@ -510,19 +523,8 @@ async fn an_import_larger_than_an_atomic_batch_goes_into_jetstream_in_parts() ->
     )
     .await?;
 
-    let mut events = cohort(2500, 30);
-    events.push(unregistered_injection());
-    let refused = running.client.import(events.clone()).await;
-    let status = refused
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("the import was accepted"))?;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert_eq!(log.head().await?, 0, "nothing appended");
-
-    events.pop();
-    let response = running.client.import(events.clone()).await?;
-    let positions: Vec<u64> = response.outcomes.iter().map(|o| o.position).collect();
-    assert_eq!(positions, (1..=2500).collect::<Vec<u64>>());
+    let events = cohort(2500, 30);
+    refused_whole_then_imported(&running, &events).await?;
     let stored = log.read(1, 3000).await?;
     let keys: Vec<&str> = stored.iter().map(|record| &*record.key).collect();
     let sent: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
@@ -538,8 +540,5 @@ async fn an_import_larger_than_an_atomic_batch_goes_into_jetstream_in_parts() ->
             last
         );
     }
-    let again = running.client.import(events).await?;
-    assert!(again.outcomes.iter().all(|outcome| outcome.duplicate));
-    assert_eq!(log.head().await?, 2500);
     running.stop().await
 }
