@@ -177,7 +177,8 @@ for centre in "${centres[@]}"; do
     grep -F "\"centre\":\"$centre\"" "$work/paper2019.ndjson" >"$work/$centre.ndjson" || true
     token="$("$toxaudit" token issue --centre "$centre" --role clinician)"
     # The whole file at once, as an operator would: `import --server` sends
-    # it in requests of at most 1000 events (one JetStream atomic batch each).
+    # it as one Ingest.Import, which the centre's ingest checks whole and then
+    # appends in JetStream atomic batches of at most 1000 events.
     "$toxaudit" import --server "http://127.0.0.1:${grpc[$centre]}" --token "$token" "$work/$centre.ndjson"
 done
 
