@@ -130,9 +130,8 @@ pub enum LogError {
     #[error("invalid append: {0}")]
     Invalid(String),
     /// The log cannot be opened as configured: a bad URL or options,
-    /// credentials the server refused, a stream of another shape or one
-    /// this user may not change. Fix the configuration; retrying will not
-    /// help.
+    /// credentials the server refused, a stream of another shape. Fix the
+    /// configuration; retrying will not help.
     #[error("{0}")]
     Configuration(String),
     /// The log cannot be reached or written now; retrying later may succeed.

@@ -24,7 +24,7 @@ use service_kit::{
 };
 use tonic::service::{Routes, interceptor::InterceptedService};
 
-pub use service::{IngestService, MOST_EVENTS_PER_IMPORT};
+pub use service::{IngestService, MOST_BYTES_PER_IMPORT, MOST_EVENTS_PER_IMPORT};
 
 /// The gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = "toxaudit.v1.Ingest";

@@ -21,8 +21,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::state::{AdmissionState, AdmitError, AppendUnit, Stored};
 
 /// At most this many events in one `Import` call: the whole call is
-/// admitted (and its verdicts kept) in memory before anything is appended.
-pub const MOST_EVENTS_PER_IMPORT: usize = 200_000;
+/// admitted (and its verdicts kept) in memory before anything is appended,
+/// and its answer (an outcome per event) must fit one gRPC message.
+pub const MOST_EVENTS_PER_IMPORT: usize = 100_000;
+
+/// At most this many bytes of events in one `Import` call, counted as they
+/// arrive: the call is held in memory before it is checked.
+pub const MOST_BYTES_PER_IMPORT: usize = 128 << 20;
 
 /// At most this many refused events are described in a status (message and
 /// details travel in HTTP/2 trailers, which have a size limit); the message
@@ -317,14 +322,20 @@ impl Ingest for IngestService {
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<AppendResponse>, Status> {
         let principal = auth::principal(&request)?;
+        // Who may write at all is known before anything is read.
+        writer_scope(&principal)?;
         let mut messages = request.into_inner();
         let mut events = Vec::new();
+        let mut bytes = 0;
         while let Some(message) = messages.next().await {
-            events.extend(message?.events);
-            if events.len() > MOST_EVENTS_PER_IMPORT {
+            let message = message?;
+            bytes += message.encoded_len();
+            events.extend(message.events);
+            if events.len() > MOST_EVENTS_PER_IMPORT || bytes > MOST_BYTES_PER_IMPORT {
                 return Err(ServiceError::InvalidArgument {
                     message: format!(
-                        "an import holds at most {MOST_EVENTS_PER_IMPORT} events, nothing appended; import the file in parts"
+                        "an import holds at most {MOST_EVENTS_PER_IMPORT} events and {} MiB, nothing appended; import the file in parts",
+                        MOST_BYTES_PER_IMPORT >> 20
                     ),
                     details: None,
                 }

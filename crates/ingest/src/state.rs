@@ -973,10 +973,13 @@ pub(crate) enum AppendUnit {
 /// holds): each part expects each stream it writes where the batch expected
 /// it, or, once an earlier part appended to it, where that part left it
 /// (an earlier part whose records there all came back as duplicates moved
-/// nothing). When a part fails, the parts before it stay stored
-/// and the error comes back as it is: the caller's state then restores
-/// itself from the log (as after any failed append), where it finds them,
-/// and a retry finds them as duplicates.
+/// nothing). When a part fails after records of the parts before it were
+/// stored, those stay stored and the error becomes
+/// [`eventlog::LogError::Unavailable`] saying how many (never a refusal, a
+/// conflict or a new admission, which would hide them or report them as
+/// duplicates): the caller's state then restores itself from the log (as
+/// after any failed append), where it finds them, and a resend of the same
+/// events finds them as duplicates.
 async fn append_records(
     log: &dyn EventLog,
     records: Vec<NewRecord>,
@@ -992,8 +995,10 @@ async fn append_records(
         batch.expectations = expectations;
         return log.append(batch).await;
     };
+    let total = records.len();
     let mut expected: HashMap<String, ExpectedVersion> = expectations.into_iter().collect();
     let mut outcomes = Vec::with_capacity(records.len());
+    let mut stored = 0;
     let mut records = records.into_iter().peekable();
     while records.peek().is_some() {
         let part: Vec<NewRecord> = records.by_ref().take(most.max(1)).collect();
@@ -1007,9 +1012,23 @@ async fn append_records(
                 batch.expectations.push((stream.clone(), *version));
             }
         }
-        let appended = log.append(batch).await?;
+        let appended = match log.append(batch).await {
+            Ok(appended) => appended,
+            // Nothing of this call stored yet: the error as it is (a stream
+            // that moved has the batch admitted again, see `admit_in_turn`).
+            Err(error) if stored == 0 => return Err(error),
+            // Part of it stored: neither a refusal nor a conflict can be
+            // answered now without hiding that, and admitting it again
+            // would report its own records as duplicates.
+            Err(error) => {
+                return Err(eventlog::LogError::Unavailable(format!(
+                    "{stored} of the {total} records were stored before the log failed ({error}); send the same events again to store the rest (the stored ones come back as duplicates)"
+                )));
+            }
+        };
         for (outcome, stream) in appended.iter().zip(streams) {
             if let AppendOutcome::Appended { position } = outcome {
+                stored += 1;
                 expected.insert(stream, ExpectedVersion::At(*position));
             }
         }
@@ -1788,8 +1807,9 @@ mod tests {
     type PartSeen = (usize, Vec<(String, ExpectedVersion)>);
 
     /// A log whose atomic batch holds two records, and whose `fail_on`-th
-    /// append (from 1) fails once as unavailable; it keeps each append's
-    /// size and expectations.
+    /// append (from 1) fails once, saying a stream moved (what the log says
+    /// when another writer got there first); it keeps each append's size
+    /// and expectations.
     #[derive(Debug)]
     struct InParts {
         inner: Arc<dyn EventLog>,
@@ -1825,9 +1845,11 @@ mod tests {
                     fails
                 };
                 if fails {
-                    return Err(LogError::Unavailable(
-                        "the test's link went down".to_owned(),
-                    ));
+                    return Err(LogError::WrongExpectedVersion {
+                        stream: "leeds.L-2".to_owned(),
+                        expected: eventlog::ExpectedVersionDisplay(ExpectedVersion::Empty),
+                        actual: 99,
+                    });
                 }
                 self.inner.append(batch).await
             })
@@ -1838,9 +1860,12 @@ mod tests {
 
     /// A whole import goes into a log with a small atomic batch in parts;
     /// a stream written by an earlier part is expected where that part left
-    /// it; a part failing leaves the parts before it stored, the state
-    /// rebuilds from the log, and sending the import again completes it
-    /// with the stored part as duplicates, every event stored once.
+    /// it; a part failing leaves the parts before it stored and the call
+    /// fails as unavailable, saying so (not admitted again: its own stored
+    /// records would come back as duplicates, or a refusal would claim that
+    /// nothing was appended); the state rebuilds from the log, and sending
+    /// the import again completes it with the stored part as duplicates,
+    /// every event stored once.
     #[tokio::test]
     async fn an_import_goes_into_the_log_in_parts_and_a_failed_part_is_completed_by_a_retry() {
         let directory = tempfile::tempdir().expect("a temporary directory");
@@ -1885,12 +1910,18 @@ mod tests {
             .await;
         assert!(
             matches!(
-                failed,
-                Err(AdmitError::Service(ServiceError::Unavailable(_)))
+                &failed,
+                Err(AdmitError::Service(ServiceError::Unavailable(reason)))
+                    if reason.contains("2 of the 5 records were stored")
             ),
             "{failed:?}"
         );
         assert_eq!(log.head().await.expect("a head"), 2, "the first part stays");
+        assert_eq!(
+            log.appends.lock().expect("not poisoned").len(),
+            2,
+            "not admitted again after a part was stored"
+        );
 
         let stored = state
             .admit_and_append_as(

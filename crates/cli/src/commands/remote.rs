@@ -7,8 +7,9 @@
 //! `Ingest.Import` call, which the server checks whole against the log
 //! before appending anything: if any event is refused, nothing is appended,
 //! exactly like `--data-dir` (spec/events.md, "Bad input"). Only an import
-//! of more than [`ingest::MOST_EVENTS_PER_IMPORT`] events is sent in several
-//! calls, each all or nothing on its own (said before anything is sent):
+//! of more than [`ingest::MOST_EVENTS_PER_IMPORT`] events (or half of
+//! [`ingest::MOST_BYTES_PER_IMPORT`] in lines) is sent in several calls,
+//! each all or nothing on its own (said before anything is sent):
 //! when one is refused, the calls before it stay appended, and the summary
 //! says how many (importing the fixed file again is safe: what is stored
 //! comes back as duplicates).
@@ -26,6 +27,11 @@ use super::import::{changed_since_checked, for_each_line};
 /// Events per `Ingest.Import` call: the server admits a call whole, in
 /// memory, and takes at most this many.
 pub const EVENTS_PER_REQUEST: usize = ingest::MOST_EVENTS_PER_IMPORT;
+
+/// Bytes of NDJSON lines per `Ingest.Import` call: half what the server
+/// takes, counted on the lines (an event's protobuf is shorter than its
+/// JSON line).
+const LINE_BYTES_PER_REQUEST: usize = ingest::MOST_BYTES_PER_IMPORT / 2;
 
 /// How to reach the services.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,11 +90,15 @@ pub fn import(
     let quiet = ProgressBar::hidden();
     // What was checked is all that is sent: bytes read of each file.
     let mut checked_bytes = Vec::with_capacity(files.len());
-    let mut to_send = 0;
+    let (mut to_send, mut line_bytes_to_send) = (0, 0);
     for path in files {
         let read = for_each_line(path, &quiet, None, |line_number, line| {
+            let length = line.as_ref().map_or(0, |line| line.len());
             match line.and_then(|line| domain::ndjson::parse_line(line, today)) {
-                Ok(_) => to_send += 1,
+                Ok(_) => {
+                    to_send += 1;
+                    line_bytes_to_send += length;
+                }
                 Err(refusal) => {
                     totals.refused += 1;
                     for reason in &refusal.reasons {
@@ -113,12 +123,14 @@ pub fn import(
 
     let runtime = super::runtime()?;
     let client = runtime.block_on(server.connect())?;
-    if to_send > EVENTS_PER_REQUEST {
+    if to_send > EVENTS_PER_REQUEST || line_bytes_to_send > LINE_BYTES_PER_REQUEST {
         eprintln!(
-            "note: more than {EVENTS_PER_REQUEST} events: sent in parts of {EVENTS_PER_REQUEST}, each all or nothing on its own; a refused part leaves the parts before it appended"
+            "note: more than {EVENTS_PER_REQUEST} events or {} MiB: sent in parts, each all or nothing on its own; a refused part leaves the parts before it appended",
+            LINE_BYTES_PER_REQUEST >> 20
         );
     }
     let mut batch: Vec<(Origin, proto::v1::Event)> = Vec::new();
+    let mut batch_line_bytes = 0;
     // The first failure (or refusal) stops the import.
     let mut stopped: Option<anyhow::Result<Sent>> = None;
     for (file_index, path) in files.iter().enumerate() {
@@ -127,11 +139,25 @@ pub fn import(
             if stopped.is_some() {
                 return;
             }
+            let length = line.as_ref().map_or(0, |line| line.len());
             let Ok(event) = line.and_then(|line| domain::ndjson::parse_line(line, today)) else {
                 return;
             };
+            if batch_line_bytes + length > LINE_BYTES_PER_REQUEST && !batch.is_empty() {
+                let full = std::mem::take(&mut batch);
+                batch_line_bytes = 0;
+                match runtime.block_on(send(&client, full, files, skip_invalid, &mut totals)) {
+                    Ok(Sent::Accepted) => {}
+                    other => {
+                        stopped = Some(other);
+                        return;
+                    }
+                }
+            }
             batch.push(((file_index, line_number), proto::v1::Event::from(&event)));
+            batch_line_bytes += length;
             if batch.len() == EVENTS_PER_REQUEST {
+                batch_line_bytes = 0;
                 let full = std::mem::take(&mut batch);
                 match runtime.block_on(send(&client, full, files, skip_invalid, &mut totals)) {
                     Ok(Sent::Accepted) => {}

@@ -1338,11 +1338,14 @@ async fn ensure_stream(
     if need_atomic && !info.config.allow_atomic_publish {
         let mut updated = info.config.clone();
         updated.allow_atomic_publish = true;
+        // Not a Configuration error: a refused update often arrives as a
+        // timeout (nats-server answers a denied publish asynchronously),
+        // which cannot be told from a server that is away.
         jetstream.update_stream(updated).await.map_err(|error| {
-            LogError::Configuration(format!(
+            LogError::Unavailable(format!(
                 "stream {name} predates atomic batches and could not be changed to allow them ({error}); \
                  a centre's services may not update streams (deploy/nats/leaf.conf.template): \
-                 set allow_atomic on {name} once with an account that may update streams"
+                 deploy/README.md says how to allow them once"
             ))
         })?;
     }

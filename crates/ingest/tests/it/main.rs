@@ -314,6 +314,37 @@ async fn an_auditor_cannot_write() -> anyhow::Result<()> {
         .await
         .expect_err("an auditor wrote");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let status = running
+        .client
+        .import(vec![registered("e-1", "L-1")])
+        .await
+        .expect_err("an auditor imported");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    running.stop().await
+}
+
+/// An import is held in memory before it is checked, so its size is
+/// bounded as it arrives: one event more than the most is refused whole.
+#[tokio::test]
+async fn an_import_of_more_events_than_the_most_is_refused_whole() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::start(
+        embedded(directory.path())?,
+        &directory.path().join("checkpoint"),
+        Role::Clinician,
+    )
+    .await?;
+    let events: Vec<Event> = (0..=ingest::MOST_EVENTS_PER_IMPORT)
+        .map(|number| registered(&format!("r-{number}"), &format!("L-{number}")))
+        .collect();
+    let status = running
+        .client
+        .import(events)
+        .await
+        .expect_err("an import over the limit was accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("at most"), "{status:?}");
+    assert_eq!(running.log.head().await?, 0, "nothing appended");
     running.stop().await
 }
 
