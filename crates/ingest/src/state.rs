@@ -1253,8 +1253,18 @@ mod tests {
             inner,
             before_next_append: Mutex::new(None),
         });
+        let state = new_state(Arc::clone(&log) as Arc<dyn EventLog>, directory.path()).await;
+        Fixture {
+            _directory: directory,
+            log,
+            state,
+        }
+    }
+
+    /// A new admission state on `log`, with no checkpoint yet in `directory`.
+    async fn new_state(log: Arc<dyn EventLog>, directory: &std::path::Path) -> Arc<AdmissionState> {
         let (checkpointer, restored) = Checkpointer::open(
-            &directory.path().join("checkpoint"),
+            &directory.join("checkpoint"),
             "ingest",
             true,
             |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
@@ -1262,16 +1272,7 @@ mod tests {
         .await
         .expect("a checkpointer");
         assert!(restored.is_none());
-        let state = Arc::new(AdmissionState::new(
-            Arc::clone(&log) as Arc<dyn EventLog>,
-            checkpointer,
-            Admitted::default(),
-        ));
-        Fixture {
-            _directory: directory,
-            log,
-            state,
-        }
+        Arc::new(AdmissionState::new(log, checkpointer, Admitted::default()))
     }
 
     /// The state a catch-up from position 1 gives.
@@ -1528,19 +1529,7 @@ mod tests {
             inner,
             gates: Mutex::new(std::collections::VecDeque::new()),
         });
-        let (checkpointer, _) = Checkpointer::open(
-            &directory.path().join("checkpoint"),
-            "ingest",
-            true,
-            |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
-        )
-        .await
-        .expect("a checkpointer");
-        let state = Arc::new(AdmissionState::new(
-            Arc::clone(&log) as Arc<dyn EventLog>,
-            checkpointer,
-            Admitted::default(),
-        ));
+        let state = new_state(Arc::clone(&log) as Arc<dyn EventLog>, directory.path()).await;
         GatedFixture {
             _directory: directory,
             log,
@@ -1877,19 +1866,7 @@ mod tests {
             fail_on: Mutex::new(Some(2)),
             appends: Mutex::new(Vec::new()),
         });
-        let (checkpointer, _) = Checkpointer::open(
-            &directory.path().join("checkpoint"),
-            "ingest",
-            true,
-            |snapshot: AdmittedSnapshot| Admitted::restore(snapshot, 0),
-        )
-        .await
-        .expect("a checkpointer");
-        let state = Arc::new(AdmissionState::new(
-            Arc::clone(&log) as Arc<dyn EventLog>,
-            checkpointer,
-            Admitted::default(),
-        ));
+        let state = new_state(Arc::clone(&log) as Arc<dyn EventLog>, directory.path()).await;
         let import = || {
             parsed(vec![
                 registered("r-1", "L-1"),

@@ -46,6 +46,11 @@ impl Running {
         })
     }
 
+    /// Ingest on a new embedded log in `directory` (checkpoints beside it).
+    async fn embedded(directory: &std::path::Path, role: Role) -> anyhow::Result<Running> {
+        Running::start(embedded(directory)?, &directory.join("checkpoint"), role).await
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.trigger.trigger();
         self.task.await??;
@@ -92,12 +97,7 @@ fn embedded(directory: &std::path::Path) -> anyhow::Result<Arc<dyn EventLog>> {
 #[tokio::test]
 async fn a_batch_is_checked_as_if_each_event_were_appended_before_the_next() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Clinician,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
     // The injection needs the registration of the same batch.
     let response = running
         .client
@@ -140,12 +140,7 @@ async fn a_batch_is_checked_as_if_each_event_were_appended_before_the_next() -> 
 #[tokio::test]
 async fn a_refused_batch_appends_nothing_and_names_every_reason() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Admin,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Admin).await?;
     // The first two would be accepted; the third (unregistered patient) and
     // the fourth (bad date, bad units) are not: nothing is appended.
     let status = running
@@ -302,12 +297,7 @@ async fn a_restart_folds_only_what_others_wrote_after_the_checkpoint() -> anyhow
 #[tokio::test]
 async fn an_auditor_cannot_write() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Auditor,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Auditor).await?;
     let status = running
         .client
         .append(vec![registered("e-1", "L-1")])
@@ -328,12 +318,7 @@ async fn an_auditor_cannot_write() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_import_of_more_events_than_the_most_is_refused_whole() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Clinician,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
     let events: Vec<Event> = (0..=ingest::MOST_EVENTS_PER_IMPORT)
         .map(|number| registered(&format!("r-{number}"), &format!("L-{number}")))
         .collect();
@@ -351,12 +336,7 @@ async fn an_import_of_more_events_than_the_most_is_refused_whole() -> anyhow::Re
 #[tokio::test]
 async fn a_stream_of_batches_appends_each_in_order() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Clinician,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
     let batches = vec![
         proto::v1::AppendRequest {
             events: vec![registered("e-1", "L-1")],
@@ -407,12 +387,7 @@ async fn a_stream_of_batches_appends_each_in_order() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_event_of_another_centre_is_named_on_its_centre() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Clinician,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
     let mut salford = registered("e-2", "S-1");
     salford.centre = "salford-royal".to_owned();
     let mut york = registered("e-3", "Y-1");
@@ -517,12 +492,7 @@ async fn refused_whole_then_imported(running: &Running, events: &[Event]) -> any
 async fn an_import_is_checked_whole_and_appends_nothing_when_any_event_is_refused()
 -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let running = Running::start(
-        embedded(directory.path())?,
-        &directory.path().join("checkpoint"),
-        Role::Clinician,
-    )
-    .await?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
     refused_whole_then_imported(&running, &cohort(1500, 40)).await?;
     running.stop().await
 }
