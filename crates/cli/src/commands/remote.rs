@@ -235,7 +235,13 @@ async fn send(
             }
             Err(status) => {
                 let Some(refused) = refused_events(&status) else {
-                    anyhow::bail!("the server refused the import: {}", status.message());
+                    // Not a refusal of events: the server is away, the call
+                    // too large, the token not allowed, ... (the code says).
+                    anyhow::bail!(
+                        "the import through the server failed ({:?}): {}",
+                        status.code(),
+                        status.message()
+                    );
                 };
                 let mut refused_indexes: HashSet<usize> = HashSet::new();
                 for event in &refused.events {
