@@ -72,6 +72,10 @@ pub struct Principal {
     /// The centre claim as signed; only meaningful for clinicians.
     pub centre: String,
     pub role: Role,
+    /// When the token stops being valid, seconds since the Unix epoch (its
+    /// `exp`): a call that outlives it, such as a watched stream, must end
+    /// then too.
+    pub expires_at: u64,
 }
 
 /// What a caller wants to read.
@@ -94,6 +98,14 @@ impl ReadScope<'_> {
 }
 
 impl Principal {
+    /// How long the token stays valid from now (zero once expired).
+    pub fn expires_in(&self) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Duration::from_secs(self.expires_at).saturating_sub(now)
+    }
+
     /// May this caller append events of `centre`?
     pub fn authorise_write(&self, centre: &Centre) -> Result<(), ServiceError> {
         match self.role {
@@ -215,9 +227,18 @@ impl JwtSecret {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
+        // A token may say it is valid only from later on; honour it.
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|error| AuthError::Invalid(format!("invalid token: {error}")))?;
         let claims = data.claims;
+        // The subject is recorded as `recorded_by` and written into logs: a
+        // control character there would forge log lines or records.
+        if claims.sub.trim().is_empty() || claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "invalid token: the subject claim is empty or holds control characters".to_owned(),
+            ));
+        }
         if claims.role == Role::Clinician && Centre::parse(&claims.centre).is_err() {
             return Err(AuthError::Invalid(format!(
                 "invalid token: a clinician's centre claim '{}' is not a centre",
@@ -228,8 +249,42 @@ impl JwtSecret {
             subject: claims.sub,
             centre: claims.centre,
             role: claims.role,
+            expires_at: claims.exp,
         })
     }
+}
+
+/// `stream` until `principal`'s token expires; then one UNAUTHENTICATED
+/// status and the end. A long-lived stream (`WatchReport`) is authorised
+/// once, when it opens: without this it would keep delivering to a caller
+/// whose token has run out.
+pub fn until_token_expires<S, T>(
+    stream: S,
+    principal: &Principal,
+) -> impl futures::Stream<Item = Result<T, tonic::Status>> + Send + use<S, T>
+where
+    S: futures::Stream<Item = Result<T, tonic::Status>> + Send,
+    T: Send,
+{
+    use futures::StreamExt;
+    let expired = Box::pin(tokio::time::sleep(principal.expires_in()));
+    let state = (Box::pin(stream), expired, false);
+    futures::stream::unfold(state, |(mut stream, mut expired, ended)| async move {
+        if ended {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            () = &mut expired => {
+                let status = ServiceError::Unauthenticated(
+                    "the token expired: sign in again".to_owned(),
+                )
+                .into_status();
+                Some((Err(status), (stream, expired, true)))
+            }
+            item = stream.next() => item.map(|item| (item, (stream, expired, false))),
+        }
+    })
 }
 
 /// Parses a time-to-live such as `8h`, `30m`, `45s`, `7d` or plain seconds.
@@ -353,6 +408,75 @@ mod tests {
         assert!(secret().verify(&token).is_err());
     }
 
+    /// A token signed with the test secret, with `claims` as given.
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"a test secret of enough bytes"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = signed(serde_json::json!({
+            "sub": "dr-a", "centre": "leeds", "role": "admin",
+            "exp": now + 3600, "nbf": now + 1800,
+        }));
+        assert!(secret().verify(&token).is_err());
+    }
+
+    #[test]
+    fn a_subject_that_is_empty_or_holds_control_characters_is_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        for subject in ["", "evil\nINFO a forged log line", "bell\u{7}"] {
+            let token = signed(serde_json::json!({
+                "sub": subject, "centre": "leeds", "role": "admin", "exp": now + 3600,
+            }));
+            assert!(secret().verify(&token).is_err(), "{subject:?} was accepted");
+        }
+    }
+
+    fn principal_expiring_at(expires_at: u64) -> Principal {
+        Principal {
+            subject: "dr-a".into(),
+            centre: "leeds".into(),
+            role: Role::Clinician,
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_unauthenticated_when_the_token_expires() {
+        use futures::StreamExt;
+        // A stream that never yields, like a watch with nothing new.
+        let pending = futures::stream::pending::<Result<u32, tonic::Status>>();
+        let expires_at = jsonwebtoken::get_current_timestamp() + 1;
+        let items: Vec<_> = until_token_expires(pending, &principal_expiring_at(expires_at))
+            .collect()
+            .await;
+        assert!(jsonwebtoken::get_current_timestamp() >= expires_at);
+        assert_eq!(items.len(), 1);
+        let status = items[0].as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn a_stream_passes_its_items_through_while_the_token_is_valid() {
+        use futures::StreamExt;
+        let items = futures::stream::iter([Ok::<u32, tonic::Status>(1), Ok(2)]);
+        let seen: Vec<u32> = until_token_expires(items, &principal_expiring_at(u64::MAX))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(seen, [1, 2]);
+        let principal = principal_expiring_at(jsonwebtoken::get_current_timestamp() + 3600);
+        assert!(principal.expires_in() > Duration::from_secs(3500));
+        assert_eq!(principal_expiring_at(0).expires_in(), Duration::ZERO);
+    }
+
     #[test]
     fn a_short_secret_is_refused() {
         assert!(JwtSecret::from_bytes(b"short").is_err());
@@ -366,6 +490,7 @@ mod tests {
             subject: "dr-a".into(),
             centre: "leeds".into(),
             role: Role::Clinician,
+            expires_at: u64::MAX,
         };
         assert!(clinician.authorise_write(&leeds).is_ok());
         assert!(clinician.authorise_write(&york).is_err());

@@ -108,6 +108,11 @@ impl Viewer {
         Ok(Self { principal })
     }
 
+    /// How long the viewer's token stays valid: a stream ends then.
+    pub(crate) fn expires_in(&self) -> std::time::Duration {
+        self.principal.expires_in()
+    }
+
     /// May this viewer read every centre?
     pub(crate) fn sees_every_centre(&self) -> bool {
         matches!(self.principal.role, Role::Auditor | Role::Admin)

@@ -12,6 +12,9 @@
 //! the projection has moved past that position, and the feed items after it.
 //! Feed and lag events carry no id, so the browser's last id is always a
 //! report's position.
+//!
+//! A stream ends when the viewer's token expires: it was checked once, when
+//! the stream opened, and must not outlive it.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -124,6 +127,11 @@ async fn follow(
     let mut feed = state.feed.subscribe();
     let stopped = state.shutdown.clone().wait();
     tokio::pin!(stopped);
+    // The token was checked when the stream opened; it ends when the token
+    // expires, and the browser's reconnect is then refused until it signs
+    // in again.
+    let expired = tokio::time::sleep(viewer.expires_in());
+    tokio::pin!(expired);
     let mut sent = Sent {
         report: None,
         lag: None,
@@ -147,6 +155,7 @@ async fn follow(
     loop {
         tokio::select! {
             () = &mut stopped => return,
+            () = &mut expired => return,
             // The browser went away: stop at once, not at the next change.
             () = sender.closed() => return,
             changed = snapshots.changed() => {

@@ -525,6 +525,7 @@ impl ReportingRpc for ReportingService {
     ) -> Result<Response<Self::WatchReportStream>, Status> {
         let scope = request.get_ref().scope.clone();
         authorised_scope(&request, &scope)?;
+        let principal = auth::principal(&request)?;
         let watcher = Watcher::new(Arc::clone(&self.projection), scope);
         // The stream is polled by the task writing the response: a fold
         // wakes it directly, with no task in between to hand reports over.
@@ -534,7 +535,10 @@ impl ReportingRpc for ReportingService {
             let message = watcher.next_push().await?;
             Some((Ok(message), watcher))
         });
-        Ok(Response::new(Box::pin(pushes)))
+        // Authorised once, here: the stream ends when the token expires.
+        Ok(Response::new(Box::pin(auth::until_token_expires(
+            pushes, &principal,
+        ))))
     }
 }
 
@@ -806,5 +810,41 @@ mod tests {
         let after = watcher.next_push().await.unwrap();
         assert_eq!(after.as_of_position, again.position);
         assert_eq!(after.scopes, before.scopes);
+    }
+
+    fn now_seconds() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_unauthenticated_when_the_callers_token_expires() {
+        use futures::StreamExt;
+        let service = ReportingService {
+            projection: empty_projection(),
+        };
+        let expires_at = now_seconds() + 1;
+        let mut request = Request::new(GetReportRequest {
+            scope: "leeds".to_owned(),
+        });
+        request.extensions_mut().insert(service_kit::Principal {
+            subject: "dr-a".into(),
+            centre: "leeds".into(),
+            role: service_kit::Role::Clinician,
+            expires_at,
+        });
+        let mut pushes = service.watch_report(request).await.unwrap().into_inner();
+        let first = pushes.next().await.unwrap().unwrap();
+        assert_eq!(first.as_of_position, 0);
+        // Nothing is folded any more: the next item is the expiry, and the
+        // end (bounded, so a stream that outlives the token fails the test
+        // instead of hanging it).
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), pushes.next());
+        let status = next.await.unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(now_seconds() >= expires_at);
+        assert!(pushes.next().await.is_none());
     }
 }
