@@ -108,6 +108,11 @@ impl Viewer {
         Ok(Self { principal })
     }
 
+    /// The token's subject: who is looking.
+    pub(crate) fn subject(&self) -> &str {
+        &self.principal.subject
+    }
+
     /// How long the viewer's token stays valid: a stream ends then.
     pub(crate) fn expires_in(&self) -> std::time::Duration {
         self.principal.expires_in()

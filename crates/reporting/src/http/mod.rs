@@ -14,6 +14,7 @@
 //!   `Last-Event-ID`, coalesced to at most [`SNAPSHOTS_PER_SECOND`] a
 //!   second), `feed` for recent events and findings (pseudonyms only, no
 //!   free text, no author) and `lag` when only the projection lag moved;
+//!   at most [`slots`]' bounds open at once (per subject and in all);
 //! - `GET /metrics` Prometheus text (see [`metrics`]);
 //! - `GET /healthz` 200 while the log answers.
 //!
@@ -29,6 +30,7 @@ mod access;
 mod feed;
 pub mod metrics;
 mod page;
+mod slots;
 mod snapshot;
 mod stream;
 
@@ -75,6 +77,8 @@ pub(crate) struct AppState {
     log: Arc<dyn EventLog>,
     snapshots: snapshot::Snapshots,
     feed: feed::Feed,
+    /// The open `/api/stream` connections, bounded.
+    streams: slots::StreamSlots,
     shutdown: Shutdown,
 }
 
@@ -126,6 +130,7 @@ impl DashboardServer {
             log,
             snapshots,
             feed,
+            streams: slots::StreamSlots::default(),
             shutdown: shutdown.clone(),
         };
         let router = router(state);

@@ -89,11 +89,16 @@ pub(crate) async fn stream(
 ) -> Result<Response, ApiError> {
     let viewer = Viewer::from_headers(&state.secret, &headers)?;
     let scope = viewer.scope(query.scope.as_deref())?;
+    let slot = state.streams.take(viewer.subject())?;
     let resume_after = last_event_id(&headers);
     let (sender, receiver) = mpsc::channel::<Event>(16);
     // The task ends when the browser goes away (a send fails), when the
     // snapshots or the feed close, or at shutdown.
-    tokio::spawn(follow(state, viewer, scope, resume_after, sender));
+    tokio::spawn(async move {
+        follow(state, viewer, scope, resume_after, sender).await;
+        // Held while the stream is open.
+        drop(slot);
+    });
     let events = tokio_stream::StreamExt::map(ReceiverStream::new(receiver), Ok::<_, Infallible>);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
