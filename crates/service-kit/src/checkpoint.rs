@@ -97,9 +97,15 @@ fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
     }
 }
 
-/// Writes `bytes` to `path` and makes them durable.
+/// Writes `bytes` to `path` and makes them durable. A snapshot holds every
+/// patient's pseudonym and findings, so on Unix the file is created readable
+/// by its owner only (0600), whatever the umask.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut file = File::create(path).map_err(io_error(path))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io_error(path))?;
     file.write_all(bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }
@@ -321,6 +327,21 @@ mod tests {
             position,
             bytes: bytes.to_vec(),
         })
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_checkpoint_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::tempdir().unwrap();
+        store(directory.path()).save(3, b"patients").unwrap();
+        for name in [SNAPSHOT_FILE, MARKER_FILE] {
+            let mode = std::fs::metadata(directory.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} has mode {mode:o}");
+        }
     }
 
     #[test]
