@@ -29,10 +29,19 @@ pub const MOST_EVENTS_PER_IMPORT: usize = 100_000;
 /// arrive: the call is held in memory before it is checked.
 pub const MOST_BYTES_PER_IMPORT: usize = 128 << 20;
 
-/// At most this many refused events are described in a status (message and
-/// details travel in HTTP/2 trailers, which have a size limit); the message
-/// says how many more there were.
+/// At most this many refused events are described in a status; the
+/// message says how many there were in all.
 const MOST_REFUSALS_REPORTED: usize = 100;
+
+/// At most this many bytes of `RefusedEvents` in a status's details. The
+/// message and the details travel in HTTP/2 trailers, which clients cap
+/// (tonic at 16 KiB, gRPC's C core at 8 KiB by default) and the details go
+/// there in base64: past the cap the client sees a protocol error instead
+/// of the refusal.
+const MOST_DETAIL_BYTES: usize = 4000;
+
+/// At most this many bytes of a status message (cut at a character).
+const MOST_MESSAGE_BYTES: usize = 1000;
 
 /// At most this many reasons are spelled out in the status message itself.
 const MOST_REASONS_IN_MESSAGE: usize = 20;
@@ -92,7 +101,7 @@ fn foreign_centre_status(
     events: &[proto::v1::Event],
     committed_before: u64,
 ) -> Option<Status> {
-    let mut foreign = events
+    let foreign = events
         .iter()
         .enumerate()
         .filter(|(_, event)| event.centre != own.as_str())
@@ -111,19 +120,18 @@ fn foreign_centre_status(
     let first = foreign.first()?;
     let total = foreign.len();
     let mut message = format!(
-        "{total} of {} events are not of centre {own}, nothing appended; event {} ({}): centre: {}",
+        "{total} of {} events are not of centre {own}, nothing appended",
         events.len(),
-        first.index,
-        first.event_id,
-        first.reasons[0].reason
     );
-    if total > MOST_REFUSALS_REPORTED {
-        // Writing to a String cannot fail.
-        let _ = write!(
-            message,
-            "; details list the first {MOST_REFUSALS_REPORTED} of {total} refused events"
-        );
-        foreign.truncate(MOST_REFUSALS_REPORTED);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        message,
+        "; event {} ({}): centre: {}",
+        first.index, first.event_id, first.reasons[0].reason
+    );
+    let (foreign, note) = fitting(foreign);
+    if let Some(note) = note {
+        let _ = write!(message, "; {note}");
     }
     let details = RefusedEvents {
         events: foreign,
@@ -132,9 +140,43 @@ fn foreign_centre_status(
     .encode_to_vec();
     Some(Status::with_details(
         tonic::Code::PermissionDenied,
-        message,
+        bounded(message),
         details.into(),
     ))
+}
+
+/// The refused events a status describes, in order: as many as fit
+/// [`MOST_DETAIL_BYTES`] (at least one, at most [`MOST_REFUSALS_REPORTED`]),
+/// and a note for the message when that is not all of them.
+fn fitting(mut refused: Vec<RefusedEvent>) -> (Vec<RefusedEvent>, Option<String>) {
+    let total = refused.len();
+    let (mut bytes, mut keep) = (0, 0);
+    for event in &refused {
+        // The field's tag, its length and the event.
+        let size = 1 + prost::length_delimiter_len(event.encoded_len()) + event.encoded_len();
+        if keep > 0 && (bytes + size > MOST_DETAIL_BYTES || keep == MOST_REFUSALS_REPORTED) {
+            break;
+        }
+        bytes += size;
+        keep += 1;
+    }
+    refused.truncate(keep);
+    let note =
+        (keep < total).then(|| format!("details list the first {keep} of {total} refused events"));
+    (refused, note)
+}
+
+/// `message`, cut to [`MOST_MESSAGE_BYTES`] at a character boundary.
+fn bounded(mut message: String) -> String {
+    if message.len() > MOST_MESSAGE_BYTES {
+        let mut end = MOST_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 fn writer_scope(principal: &Principal) -> Result<WriterScope, Status> {
@@ -193,6 +235,11 @@ fn refusal_status(verdicts: &[crate::state::EventVerdict], committed_before: u64
             "conflict with stored events"
         }
     );
+    let (refused, note) = fitting(refused);
+    if let Some(note) = note {
+        // Writing to a String cannot fail.
+        let _ = write!(message, "; {note}");
+    }
     let mut reasons_written = 0;
     'events: for event in &refused {
         for reason in &event.reasons {
@@ -209,18 +256,12 @@ fn refusal_status(verdicts: &[crate::state::EventVerdict], committed_before: u64
             reasons_written += 1;
         }
     }
-    if total_refused > MOST_REFUSALS_REPORTED {
-        let _ = write!(
-            message,
-            "; details list the first {MOST_REFUSALS_REPORTED} of {total_refused} refused events"
-        );
-        refused.truncate(MOST_REFUSALS_REPORTED);
-    }
     let details = RefusedEvents {
         events: refused,
         committed_events: committed_before,
     }
     .encode_to_vec();
+    let message = bounded(message);
     if any_refused {
         ServiceError::InvalidArgument {
             message,

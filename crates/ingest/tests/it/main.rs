@@ -543,3 +543,55 @@ async fn an_import_larger_than_an_atomic_batch_goes_into_jetstream_in_parts() ->
     }
     running.stop().await
 }
+
+/// A refusal of many events still reaches the client as a status it can
+/// read: the reasons travel in HTTP/2 trailers, which clients cap (16 KiB
+/// for tonic, 8 KiB by default for gRPC's C core), so the details hold as
+/// many refused events as fit and the message says how many there were.
+/// A leeds clinician's import of 1165 lines of another centre used to end
+/// in an "h2 protocol error" on the client.
+#[tokio::test]
+async fn a_refusal_of_many_events_fits_the_clients_trailers() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let running = Running::embedded(directory.path(), Role::Clinician).await?;
+    let foreign: Vec<Event> = (0..1500)
+        .map(|number| Event {
+            centre: "salford-royal".to_owned(),
+            ..registered(
+                &format!("s-{number:05}-with-a-long-event-id"),
+                &format!("S-{number:05}"),
+            )
+        })
+        .collect();
+    let status = running
+        .client
+        .import(foreign)
+        .await
+        .expect_err("another centre's events were imported");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let details = refused_events(&status).ok_or_else(|| anyhow::anyhow!("no details"))?;
+    assert!(!details.events.is_empty());
+    assert!(status.message().contains("of 1500"), "{}", status.message());
+
+    let unregistered: Vec<Event> = (0..1500)
+        .map(|number| {
+            injected(
+                &format!("i-{number:05}-with-a-long-event-id"),
+                &format!("L-NOBODY-{number:05}"),
+                "2020-03-01",
+                200,
+            )
+        })
+        .collect();
+    let status = running
+        .client
+        .import(unregistered)
+        .await
+        .expect_err("injections of unregistered patients were imported");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = refused_events(&status).ok_or_else(|| anyhow::anyhow!("no details"))?;
+    assert!(!details.events.is_empty());
+    assert!(status.message().contains("of 1500"), "{}", status.message());
+    assert_eq!(running.log.head().await?, 0);
+    running.stop().await
+}
