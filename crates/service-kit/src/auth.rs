@@ -193,6 +193,7 @@ impl JwtSecret {
                 let text = std::fs::read_to_string(path).map_err(|error| {
                     AuthError::Secret(format!("cannot read {}: {error}", path.display()))
                 })?;
+                warn_if_others_may_read(path);
                 Self::from_bytes(text.trim().as_bytes())
             }
             None => match std::env::var(JWT_SECRET_ENV) {
@@ -361,6 +362,27 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Sta
         .ok_or_else(|| {
             ServiceError::Unauthenticated("request was not authenticated".to_owned()).into_status()
         })
+}
+
+/// Anyone who can read the token secret can sign tokens of any centre and
+/// role: say so when the file is readable by others than its owner.
+fn warn_if_others_may_read(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the token secret is readable by other users: chmod 600 it"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 #[cfg(test)]

@@ -198,7 +198,14 @@ fn ensure_local_secret(path: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
+        // The data directory holds the secret, the log and checkpoints:
+        // its owner's alone when toxaudit creates it.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let mut random = [0u8; 32];

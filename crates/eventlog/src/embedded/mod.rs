@@ -169,15 +169,23 @@ impl EmbeddedLog {
     /// for `read` and `tail`.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedLog, LogError> {
         let dir: PathBuf = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io_context("creating", &dir))?;
+        // The log holds clinical records: what it creates is its owner's
+        // alone (a directory that exists keeps its mode).
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir).map_err(io_context("creating", &dir))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_context("opening", &lock_path))?;
+        let lock = writer::owner_only(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .open(&lock_path)
+        .map_err(io_context("opening", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

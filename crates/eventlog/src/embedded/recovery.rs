@@ -53,7 +53,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
     first_positions.sort_unstable();
     if first_positions.is_empty() {
         let path = dir.join(segment_file_name(1));
-        File::create_new(&path).map_err(io_context("creating", &path))?;
+        super::writer::owner_only(std::fs::OpenOptions::new().write(true).create_new(true))
+            .open(&path)
+            .map_err(io_context("creating", &path))?;
         sync_directory(dir).map_err(io_context("syncing", dir))?;
         first_positions.push(1);
     }

@@ -612,14 +612,20 @@ impl Writer {
     }
 }
 
+/// `options` creating a file its owner alone may read or write (the log
+/// holds clinical records; the umask's usual 022 would leave them readable
+/// by every local user).
+pub(crate) fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
 /// Creates an empty segment file and makes its directory entry durable.
 pub(crate) fn create_segment(dir: &Path, first_position: u64) -> std::io::Result<SegmentFile> {
     let path = dir.join(segment_file_name(first_position));
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(&path)?;
+    let file =
+        owner_only(OpenOptions::new().read(true).append(true).create_new(true)).open(&path)?;
     sync_directory(dir)?;
     Ok(SegmentFile {
         first_position,
